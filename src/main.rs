@@ -1,0 +1,135 @@
+//! The `raftjob` command: `raftjob server` runs a server node.
+
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+use raftjob::config::{LogFormat, ServerArgs, ServerConfig};
+use raftjob::worker::{Worker, WorkerArgs, WorkerConfig};
+use tracing_subscriber::EnvFilter;
+
+#[derive(Parser)]
+#[command(
+    name = "raftjob",
+    version,
+    about = "A highly available distributed job scheduler on Raft"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Run a server node (one of the Raft group).
+    Server(ServerArgs),
+    /// Run a worker that executes jobs of one app (shell and http processors).
+    Worker(WorkerArgs),
+}
+
+fn init_tracing(format: LogFormat) {
+    let filter = EnvFilter::try_from_env("RAFTJOB_LOG")
+        .unwrap_or_else(|_| EnvFilter::new("info,openraft=warn"));
+    use std::io::IsTerminal;
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Cmd::Server(args) => run_server(args),
+        Cmd::Worker(args) => run_worker(args),
+    }
+}
+
+fn run_worker(args: WorkerArgs) -> ExitCode {
+    let config = match WorkerConfig::load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("raftjob worker: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(LogFormat::Text);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    rt.block_on(async move {
+        let shutdown = tokio_util::sync::CancellationToken::new();
+        let on_signal = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("Worker shutting down.");
+            on_signal.cancel();
+        });
+        let worker = match Worker::new(config) {
+            Ok(w) => w,
+            Err(e) => {
+                eprintln!("raftjob worker: {e}");
+                return ExitCode::from(2);
+            }
+        };
+        match worker.run(shutdown).await {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                tracing::error!(error = %e, "Worker stopped.");
+                eprintln!("raftjob worker: {e}");
+                ExitCode::from(1)
+            }
+        }
+    })
+}
+
+fn run_server(args: ServerArgs) -> ExitCode {
+    let config = match ServerConfig::load(&args) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("raftjob: configuration error: {e}");
+            return ExitCode::from(2);
+        }
+    };
+    init_tracing(config.log_format);
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("tokio runtime starts");
+    rt.block_on(async move {
+        let server = match raftjob::server::start(config).await {
+            Ok(s) => s,
+            Err(e) => {
+                tracing::error!(error = %e, "Server failed to start.");
+                eprintln!("raftjob: cannot start: {e}");
+                return ExitCode::from(1);
+            }
+        };
+        let shutdown = server.node.shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("Shutting down.");
+            shutdown.cancel();
+        });
+        match server.wait().await {
+            None => ExitCode::SUCCESS,
+            Some(fatal) => {
+                eprintln!("raftjob: stopped: {fatal}");
+                ExitCode::from(3)
+            }
+        }
+    })
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler installs");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+}

@@ -1,0 +1,324 @@
+//! The api listener: the user-facing OpenAPI (`/api/v1/...`), health, metrics and the
+//! OpenAPI document. Any node serves any request; writes and linearizable reads are
+//! carried to the leader by [`crate::server::propose`] and [`crate::server::read_index`].
+
+mod apps;
+mod cluster;
+pub mod error;
+mod health;
+mod instances;
+mod jobs;
+pub mod validate;
+mod workers;
+
+use std::sync::Arc;
+
+pub use apps::hash_token;
+use axum::extract::rejection::JsonRejection;
+use axum::extract::{FromRequest, Request, State};
+use axum::http::{HeaderMap, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post};
+use axum::Router;
+pub use error::{ApiError, Problem};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use utoipa::OpenApi;
+
+use super::Node;
+use crate::server::cluster::secrets_equal;
+use crate::state::{Command, Outcome, RequestMeta};
+
+/// The largest request body the API accepts.
+pub const MAX_BODY_BYTES: usize = 1024 * 1024;
+/// Header for caller-chosen request ids.
+pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
+
+#[derive(OpenApi)]
+#[openapi(
+    info(title = "raftjob API", description = "Jobs, apps and the cluster of a raftjob deployment. Every /api/v1 route needs `Authorization: Bearer <token>`. Writes accept an `Idempotency-Key` header."),
+    paths(
+        apps::create_app, apps::list_apps,
+        jobs::create_job, jobs::list_jobs, jobs::get_job, jobs::update_job, jobs::delete_job, jobs::enable_job, jobs::disable_job,
+        cluster::get_cluster, cluster::add_member, cluster::remove_member,
+        instances::run_job, instances::get_instance, instances::list_instances, instances::instance_logs,
+        instances::stop_instance, instances::cancel_instance, instances::retry_instance,
+        workers::list_workers,
+        health::healthz, health::readyz,
+    ),
+    components(schemas(Problem)),
+    modifiers(&BearerAuth),
+    security(("bearer" = [])),
+)]
+pub struct ApiDoc;
+
+struct BearerAuth;
+
+impl utoipa::Modify for BearerAuth {
+    fn modify(&self, openapi: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let components = openapi.components.get_or_insert_with(Default::default);
+        components.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+    }
+}
+
+pub fn router(node: Arc<Node>) -> Router {
+    let api = Router::new()
+        .route("/api/v1/apps", post(apps::create_app).get(apps::list_apps))
+        .route("/api/v1/jobs", post(jobs::create_job).get(jobs::list_jobs))
+        .route(
+            "/api/v1/jobs/{id}",
+            get(jobs::get_job)
+                .put(jobs::update_job)
+                .delete(jobs::delete_job),
+        )
+        .route("/api/v1/jobs/{id}/enable", post(jobs::enable_job))
+        .route("/api/v1/jobs/{id}/disable", post(jobs::disable_job))
+        .route("/api/v1/jobs/{id}/run", post(instances::run_job))
+        .route("/api/v1/instances", get(instances::list_instances))
+        .route("/api/v1/instances/{id}", get(instances::get_instance))
+        .route("/api/v1/instances/{id}/logs", get(instances::instance_logs))
+        .route(
+            "/api/v1/instances/{id}/stop",
+            post(instances::stop_instance),
+        )
+        .route(
+            "/api/v1/instances/{id}/cancel",
+            post(instances::cancel_instance),
+        )
+        .route(
+            "/api/v1/instances/{id}/retry",
+            post(instances::retry_instance),
+        )
+        .route("/api/v1/workers", get(workers::list_workers))
+        .route("/api/v1/cluster", get(cluster::get_cluster))
+        .route("/api/v1/cluster/members", post(cluster::add_member))
+        .route(
+            "/api/v1/cluster/members/{id}",
+            delete(cluster::remove_member),
+        )
+        .route_layer(middleware::from_fn_with_state(node.clone(), require_token));
+    Router::new()
+        .merge(api)
+        .route("/healthz", get(health::healthz))
+        .route("/readyz", get(health::readyz))
+        .route("/metrics", get(health::metrics))
+        .route("/openapi.json", get(openapi_json))
+        .route("/", get(health::console))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .layer(axum::extract::DefaultBodyLimit::max(MAX_BODY_BYTES))
+        .layer(middleware::from_fn(refuse_large_bodies))
+        .with_state(node)
+}
+
+/// Refuses a body whose declared length is over the limit before reading any of it
+/// (a client sending `Expect: 100-continue` then never sends it). Bodies without a
+/// length are cut off at the limit while being read.
+async fn refuse_large_bodies(req: Request, next: Next) -> Response {
+    let declared = req
+        .headers()
+        .get(axum::http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<usize>().ok());
+    if declared.is_some_and(|len| len > MAX_BODY_BYTES) {
+        return ApiError::PayloadTooLarge(MAX_BODY_BYTES).into_response();
+    }
+    next.run(req).await
+}
+
+async fn openapi_json() -> impl IntoResponse {
+    axum::Json(ApiDoc::openapi())
+}
+
+async fn not_found(req: Request) -> ApiError {
+    ApiError::NotFound(format!(
+        "no route for {} {}; see /openapi.json",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+async fn method_not_allowed(req: Request) -> ApiError {
+    ApiError::MethodNotAllowed(format!(
+        "{} is not allowed on {}; see /openapi.json",
+        req.method(),
+        req.uri().path()
+    ))
+}
+
+async fn require_token(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
+    let token = req
+        .headers()
+        .get(axum::http::header::AUTHORIZATION)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.strip_prefix("Bearer "))
+        .unwrap_or_default();
+    if !secrets_equal(token.trim().as_bytes(), node.config.admin_token.as_bytes()) {
+        return ApiError::Unauthorized.into_response();
+    }
+    next.run(req).await
+}
+
+/// JSON body extractor whose rejections are problem+json naming the field at fault.
+pub struct ApiJson<T>(pub T);
+
+impl<S, T> FromRequest<S> for ApiJson<T>
+where
+    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
+        match axum::Json::<T>::from_request(req, state).await {
+            Ok(axum::Json(v)) => Ok(Self(v)),
+            Err(rejection) => Err(json_rejection(rejection)),
+        }
+    }
+}
+
+fn json_rejection(rejection: JsonRejection) -> ApiError {
+    if rejection.status() == StatusCode::PAYLOAD_TOO_LARGE {
+        return ApiError::PayloadTooLarge(MAX_BODY_BYTES);
+    }
+    match rejection {
+        JsonRejection::MissingJsonContentType(_) => ApiError::UnsupportedMediaType,
+        JsonRejection::JsonDataError(e) => {
+            // serde_path_to_error puts the path first: "schedule.expr: invalid type ...".
+            let text = e.body_text();
+            let detail = text
+                .strip_prefix("Failed to deserialize the JSON body into the target type: ")
+                .unwrap_or(&text);
+            let field = detail
+                .split_once(": ")
+                .map(|(path, _)| path.to_string())
+                .filter(|p| !p.contains(' '));
+            ApiError::Invalid {
+                field,
+                message: format!("request body does not match the schema: {detail}"),
+            }
+        }
+        JsonRejection::JsonSyntaxError(e) => {
+            ApiError::MalformedBody(format!("request body is not valid JSON: {}", e.body_text()))
+        }
+        other => ApiError::MalformedBody(other.body_text()),
+    }
+}
+
+/// SHA-256 over an operation name and a canonical body: the same request always
+/// hashes the same, on any node.
+pub fn hash_body(op: &str, body: &impl Serialize) -> String {
+    let mut h = Sha256::new();
+    h.update(op.as_bytes());
+    h.update([0]);
+    h.update(serde_json::to_vec(body).expect("request bodies serialise"));
+    hex::encode(h.finalize())
+}
+
+/// The request id of a write: the caller's `Idempotency-Key` scoped to the caller,
+/// or a fresh id the node makes (retries inside this node keep it).
+pub(crate) fn request_meta(
+    headers: &HeaderMap,
+    op: &str,
+    body: &impl Serialize,
+) -> Result<RequestMeta, ApiError> {
+    let body_hash = hash_body(op, body);
+    let id = match headers.get(IDEMPOTENCY_KEY) {
+        None => format!("node/{}", uuid::Uuid::new_v4()),
+        Some(v) => {
+            let key = v.to_str().ok().filter(|k| {
+                !k.is_empty() && k.len() <= 255 && k.bytes().all(|b| b.is_ascii_graphic())
+            });
+            let key = key.ok_or_else(|| {
+                ApiError::invalid(
+                    "Idempotency-Key",
+                    "use 1 to 255 visible ASCII characters, for example a UUID",
+                )
+            })?;
+            format!("admin/{key}")
+        }
+    };
+    Ok(RequestMeta { id, body_hash })
+}
+
+/// Proposes a user write and turns a rejection into an API error.
+pub(crate) async fn write(
+    node: &Node,
+    request: RequestMeta,
+    cmd: Command,
+) -> Result<(Outcome, bool), ApiError> {
+    let resp = node.propose(cmd, Some(request)).await?;
+    match resp.outcome {
+        Outcome::Rejected { error } => Err(error.into()),
+        outcome => Ok((outcome, resp.replayed)),
+    }
+}
+
+/// `?consistency=stale` asks for a local read without the ReadIndex round.
+#[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ReadQuery {
+    /// `linearizable` (default) or `stale`.
+    #[serde(default)]
+    pub consistency: Option<String>,
+}
+
+pub(crate) async fn read_barrier(node: &Node, consistency: Option<&str>) -> Result<(), ApiError> {
+    match consistency {
+        None | Some("linearizable") => Ok(node.linearizable_barrier().await?),
+        Some("stale") => Ok(()),
+        Some(other) => Err(ApiError::invalid(
+            "consistency",
+            format!("{other:?} is not one of: linearizable, stale"),
+        )),
+    }
+}
+
+/// Query extractor with problem+json rejections.
+pub struct ApiQuery<T>(pub T);
+
+impl<S, T> axum::extract::FromRequestParts<S> for ApiQuery<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: Send + Sync,
+{
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        axum::extract::Query::<T>::from_request_parts(parts, state)
+            .await
+            .map(|q| Self(q.0))
+            .map_err(|e| ApiError::Invalid {
+                field: None,
+                message: format!("bad query string: {}", e.body_text()),
+            })
+    }
+}
+
+/// Path extractor for numeric ids with problem+json rejections.
+pub struct IdPath(pub u64);
+
+impl<S: Send + Sync> axum::extract::FromRequestParts<S> for IdPath {
+    type Rejection = ApiError;
+
+    async fn from_request_parts(
+        parts: &mut axum::http::request::Parts,
+        state: &S,
+    ) -> Result<Self, Self::Rejection> {
+        let axum::extract::Path(raw) =
+            axum::extract::Path::<String>::from_request_parts(parts, state)
+                .await
+                .map_err(|e| ApiError::invalid("id", e.body_text()))?;
+        raw.parse()
+            .map(Self)
+            .map_err(|_| ApiError::invalid("id", format!("{raw:?} is not a numeric id")))
+    }
+}

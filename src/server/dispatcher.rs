@@ -1,0 +1,480 @@
+//! The leader's dispatcher: hands waiting instances to workers, enforces leases, and
+//! fails what cannot run.
+//!
+//! Order of events for one attempt: choose a worker → propose `Dispatch` (apply stamps
+//! the fencing token) → only after it commits, send the dispatch → the worker acks
+//! (http answer or ws frame) and renews the lease with every heartbeat. An attempt is
+//! declared lost only when the worker definitely did not get it (refused, unreachable,
+//! no WebSocket) or after lease + grace without a renewal, measured here at receipt;
+//! the worker kills its own attempt once its lease runs out, which is before that.
+
+use std::collections::HashSet;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use openraft::ServerState;
+use rand::seq::SliceRandom;
+
+use super::Node;
+use crate::protocol::{
+    AttemptRef, Dispatch, DispatchAck, ServerMsg, StopAttempt, CREDENTIAL_HEADER,
+    PATH_WORKER_DISPATCH, PATH_WORKER_STOP,
+};
+use crate::server::transport::worker_credential;
+use crate::state::{
+    Attempt, Command, DispatchStrategy, ExecutionMode, Instance, InstanceId, InstanceStatus, Job,
+    Outcome, WorkerReg,
+};
+
+type Inflight = Arc<Mutex<HashSet<InstanceId>>>;
+
+pub async fn run(node: Arc<Node>) {
+    let mut server = node.raft.server_metrics();
+    let mut data = node.raft.data_metrics();
+    let inflight: Inflight = Arc::default();
+    let mut leading = false;
+    let mut last_prune = std::time::Instant::now();
+    loop {
+        let is_leader = server.borrow_and_update().state == ServerState::Leader;
+        if is_leader != leading {
+            leading = is_leader;
+            if leading {
+                tracing::info!(
+                    node_id = node.id,
+                    "Leading: dispatcher on; worker clocks restart from now."
+                );
+                node.workers.become_leader();
+            } else {
+                node.workers.step_down();
+            }
+        }
+        if leading && caught_up(&node) {
+            scan(&node, &inflight);
+            if last_prune.elapsed() > Duration::from_secs(10) {
+                let active = node.state.read().expect("state lock").state.active.clone();
+                node.workers.retain_active(&active);
+                last_prune = std::time::Instant::now();
+            }
+        }
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            _ = server.changed() => {}
+            _ = data.changed() => {}
+            _ = tokio::time::sleep(Duration::from_millis(100)) => {}
+        }
+        // Coalesce bursts of applies into one scan.
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+}
+
+/// The leader has applied an entry of its own term, so its state includes every
+/// entry committed before its election.
+fn caught_up(node: &Node) -> bool {
+    let m = node.raft.metrics().borrow().clone();
+    m.last_applied
+        .is_some_and(|l| l.leader_id.term == m.current_term)
+}
+
+/// What one scan decided, computed under the state lock and acted on after it.
+enum Action {
+    Dispatch {
+        instance_id: InstanceId,
+        workers: Vec<WorkerReg>,
+    },
+    Fail {
+        instance_id: InstanceId,
+        reason: String,
+    },
+    Lost {
+        instance_id: InstanceId,
+        attempt: u32,
+        reason: String,
+    },
+    Stop {
+        worker: WorkerReg,
+        attempt: AttemptRef,
+    },
+}
+
+fn scan(node: &Arc<Node>, inflight: &Inflight) {
+    let tuning = &node.config.workers;
+    let lease_limit = Duration::from_millis(tuning.lease_ms + tuning.grace_ms);
+    let no_worker = Duration::from_millis(tuning.no_worker_timeout_ms);
+    let now = super::now_ms();
+    let mut actions = Vec::new();
+    {
+        let guard = node.state.read().expect("state lock");
+        let state = &guard.state;
+        let busy = inflight.lock().expect("inflight lock").clone();
+        for id in state.active.iter().filter(|id| !busy.contains(id)) {
+            let Some(inst) = state.instances.get(id) else {
+                continue;
+            };
+            match inst.status {
+                InstanceStatus::WaitingDispatch => {
+                    if inst.not_before_ms.is_some_and(|t| t > now) {
+                        continue;
+                    }
+                    let Some(job) = state.jobs.get(&inst.job_id) else {
+                        actions.push(Action::Fail {
+                            instance_id: *id,
+                            reason: "the job was deleted".into(),
+                        });
+                        continue;
+                    };
+                    match choose(node, state, job) {
+                        Ok(workers) => {
+                            node.workers.found_worker(*id);
+                            for w in &workers {
+                                node.workers.reserve(&w.id);
+                            }
+                            actions.push(Action::Dispatch {
+                                instance_id: *id,
+                                workers,
+                            });
+                        }
+                        Err(reason) => {
+                            if node.workers.waiting_without_worker(*id) >= no_worker {
+                                let reason = format!("no worker available: {reason}");
+                                actions.push(Action::Fail {
+                                    instance_id: *id,
+                                    reason,
+                                });
+                            }
+                        }
+                    }
+                }
+                _ => {
+                    for a in open_attempts(inst) {
+                        let key = (inst.id, a.number);
+                        let since = node.workers.since_renewal(key);
+                        if since > lease_limit {
+                            let reason =
+                                format!("no lease renewal for {:.1}s", since.as_secs_f64());
+                            actions.push(Action::Lost {
+                                instance_id: inst.id,
+                                attempt: a.number,
+                                reason,
+                            });
+                        } else if inst.status == InstanceStatus::Stopping
+                            && node.workers.mark_stop_sent(key)
+                        {
+                            if let Some(w) = state.workers.get(&a.worker) {
+                                let attempt = AttemptRef {
+                                    instance_id: inst.id,
+                                    attempt: a.number,
+                                    token: a.fencing_token,
+                                };
+                                actions.push(Action::Stop {
+                                    worker: w.clone(),
+                                    attempt,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        }
+    }
+    for action in actions {
+        let id = match &action {
+            Action::Dispatch { instance_id, .. }
+            | Action::Fail { instance_id, .. }
+            | Action::Lost { instance_id, .. } => *instance_id,
+            Action::Stop { worker, attempt } => {
+                tokio::spawn(send_stop(node.clone(), worker.clone(), *attempt));
+                continue;
+            }
+        };
+        inflight.lock().expect("inflight lock").insert(id);
+        let (node, inflight) = (node.clone(), inflight.clone());
+        tokio::spawn(async move {
+            act(&node, action).await;
+            inflight.lock().expect("inflight lock").remove(&id);
+        });
+    }
+}
+
+fn open_attempts(inst: &Instance) -> impl Iterator<Item = &Attempt> {
+    inst.attempts.iter().filter(|a| !a.status.is_terminal())
+}
+
+/// The workers that should run the job now, or why there are none.
+fn choose(node: &Node, state: &crate::state::State, job: &Job) -> Result<Vec<WorkerReg>, String> {
+    let app = state
+        .apps
+        .get(&job.app_id)
+        .map(|a| a.name.clone())
+        .unwrap_or_default();
+    let registered: Vec<&WorkerReg> = state
+        .workers
+        .values()
+        .filter(|w| w.app_id == job.app_id)
+        .collect();
+    if registered.is_empty() {
+        return Err(format!("no worker has ever registered for app {app}"));
+    }
+    let mut matching: Vec<&WorkerReg> = registered.clone();
+    if let Some(tag) = &job.spec.worker_tag {
+        matching.retain(|w| w.tag.as_deref() == Some(tag.as_str()));
+        if matching.is_empty() {
+            return Err(format!(
+                "none of the {} registered workers of app {app} has tag {tag}",
+                registered.len()
+            ));
+        }
+    }
+    if !job.spec.designated_workers.is_empty() {
+        matching.retain(|w| job.spec.designated_workers.contains(&w.name));
+        if matching.is_empty() {
+            return Err(format!(
+                "none of the designated workers ({}) is registered for app {app}",
+                job.spec.designated_workers.join(", ")
+            ));
+        }
+    }
+    // A ws worker can only be reached over its WebSocket to this leader.
+    // (Collected first: `candidates` holds the registry lock.)
+    let reachable: Vec<&WorkerReg> = matching
+        .iter()
+        .copied()
+        .filter(|w| w.protocol != "ws" || node.workers.ws_sender(&w.id).is_some())
+        .collect();
+    let mut candidates = node.workers.candidates(reachable.into_iter());
+    if candidates.is_empty() {
+        let lost = matching
+            .iter()
+            .filter(|w| node.workers.state_of(&w.id) == super::worker_registry::WorkerState::Lost)
+            .count();
+        return Err(if lost == matching.len() {
+            format!(
+                "{} matching workers registered for app {app}, but all are lost (no heartbeat)",
+                matching.len()
+            )
+        } else {
+            format!(
+                "all {} live matching workers of app {app} are at their concurrency limit",
+                matching.len() - lost
+            )
+        });
+    }
+    if job.spec.execution_mode == ExecutionMode::Broadcast {
+        return Ok(candidates.into_iter().map(|(w, _)| w).collect());
+    }
+    candidates.sort_by(|a, b| a.0.id.cmp(&b.0.id));
+    let pick = match job.spec.dispatch_strategy {
+        DispatchStrategy::HealthFirst => candidates
+            .iter()
+            .min_by_key(|(_, running)| *running)
+            .map(|(w, _)| w.clone()),
+        DispatchStrategy::Random => candidates
+            .choose(&mut rand::thread_rng())
+            .map(|(w, _)| w.clone()),
+        DispatchStrategy::RoundRobin => {
+            let n = node.workers.next_round_robin() as usize;
+            Some(candidates[n % candidates.len()].0.clone())
+        }
+    };
+    pick.map(|w| vec![w])
+        .ok_or_else(|| "no candidate".to_string())
+}
+
+async fn act(node: &Arc<Node>, action: Action) {
+    match action {
+        Action::Fail {
+            instance_id,
+            reason,
+        } => {
+            tracing::warn!(instance_id, %reason, "Failing an instance that cannot be dispatched.");
+            let _ = node
+                .propose(
+                    Command::FailInstance {
+                        id: instance_id,
+                        reason,
+                    },
+                    None,
+                )
+                .await;
+        }
+        Action::Lost {
+            instance_id,
+            attempt,
+            reason,
+        } => {
+            tracing::warn!(instance_id, attempt, %reason, "Declaring an attempt lost.");
+            let _ = node
+                .propose(
+                    Command::AttemptLost {
+                        instance_id,
+                        attempt,
+                        reason,
+                    },
+                    None,
+                )
+                .await;
+            node.workers.forget_attempt((instance_id, attempt));
+        }
+        Action::Dispatch {
+            instance_id,
+            workers,
+        } => {
+            let names = workers.iter().map(|w| w.id.clone()).collect();
+            let resp = match node
+                .propose(
+                    Command::Dispatch {
+                        instance_id,
+                        workers: names,
+                    },
+                    None,
+                )
+                .await
+            {
+                Ok(r) => r,
+                Err(e) => {
+                    tracing::debug!(instance_id, error = %e, "Dispatch proposal did not go through.");
+                    return;
+                }
+            };
+            let Outcome::Dispatched { attempts } = resp.outcome else {
+                return;
+            };
+            // Committed: only now may the dispatch leave this node.
+            let sends = attempts.into_iter().filter_map(|a| {
+                let w = workers.iter().find(|w| w.id == a.worker)?.clone();
+                Some(send_dispatch(node.clone(), w, instance_id, a))
+            });
+            futures::future::join_all(sends).await;
+        }
+        Action::Stop { .. } => {}
+    }
+}
+
+fn dispatch_message(node: &Node, instance_id: InstanceId, attempt: &Attempt) -> Option<Dispatch> {
+    let guard = node.state.read().expect("state lock");
+    let state = &guard.state;
+    let inst = state.instances.get(&instance_id)?;
+    let job = state.jobs.get(&inst.job_id)?;
+    Some(Dispatch {
+        cluster_id: state.meta.cluster_id.clone()?,
+        term: attempt.fencing_token.term,
+        attempt: AttemptRef {
+            instance_id,
+            attempt: attempt.number,
+            token: attempt.fencing_token,
+        },
+        job_id: job.id,
+        processor: job.spec.processor.clone(),
+        job_params: job.spec.params.clone(),
+        instance_params: inst.params.clone(),
+        timeout_ms: job.spec.timeout_ms,
+        lease_ms: node.config.workers.lease_ms,
+    })
+}
+
+async fn send_dispatch(
+    node: Arc<Node>,
+    worker: WorkerReg,
+    instance_id: InstanceId,
+    attempt: Attempt,
+) {
+    let key = (instance_id, attempt.number);
+    let Some(msg) = dispatch_message(&node, instance_id, &attempt) else {
+        return;
+    };
+    node.workers.renew_attempt(key);
+    let refused = |reason: String| {
+        let node = node.clone();
+        async move {
+            tracing::warn!(instance_id, attempt = key.1, %reason, "Dispatch not delivered.");
+            let cmd = Command::AttemptLost {
+                instance_id,
+                attempt: key.1,
+                reason,
+            };
+            let _ = node.propose(cmd, None).await;
+            node.workers.forget_attempt(key);
+        }
+    };
+    if worker.protocol == "ws" {
+        match node.workers.ws_sender(&worker.id) {
+            Some(tx) if tx.send(ServerMsg::Dispatch(msg)).is_ok() => {}
+            _ => {
+                refused(format!(
+                    "worker {} has no open WebSocket to this leader",
+                    worker.id
+                ))
+                .await
+            }
+        }
+        return;
+    }
+    let Some(addr) = worker.address.clone() else {
+        refused(format!("worker {} has no address", worker.id)).await;
+        return;
+    };
+    let credential = worker_credential(&node.config.cluster_secret, &msg.cluster_id, &worker.id);
+    let result = node
+        .worker_http
+        .post(format!("http://{addr}{PATH_WORKER_DISPATCH}"))
+        .header(CREDENTIAL_HEADER, credential)
+        // Within the grace: a dispatch arriving later than that after it was sent could
+        // outlive the leader's view of its lease.
+        .timeout(Duration::from_millis(
+            node.config
+                .workers
+                .dispatch_timeout_ms
+                .min(node.config.workers.grace_ms),
+        ))
+        .json(&msg)
+        .send()
+        .await;
+    match result {
+        Ok(resp) => match resp.json::<DispatchAck>().await {
+            Ok(ack) if ack.accepted => node.workers.renew_attempt(key),
+            Ok(ack) => {
+                refused(format!(
+                    "worker refused the dispatch: {}",
+                    ack.reason.unwrap_or_default()
+                ))
+                .await
+            }
+            // The worker may or may not hold it: its lease decides.
+            Err(e) => {
+                tracing::warn!(instance_id, error = %e, "Unreadable dispatch answer; the lease decides.")
+            }
+        },
+        Err(e) if e.is_connect() => {
+            refused(format!("worker {} unreachable at {addr}: {e}", worker.id)).await
+        }
+        Err(e) => {
+            tracing::warn!(instance_id, error = %e, "Dispatch answer lost; the lease decides.")
+        }
+    }
+}
+
+async fn send_stop(node: Arc<Node>, worker: WorkerReg, attempt: AttemptRef) {
+    let Some(cluster_id) = node.cluster_id() else {
+        return;
+    };
+    let stop = StopAttempt {
+        cluster_id: cluster_id.clone(),
+        term: node.raft.metrics().borrow().current_term,
+        attempt,
+    };
+    if worker.protocol == "ws" {
+        if let Some(tx) = node.workers.ws_sender(&worker.id) {
+            let _ = tx.send(ServerMsg::Stop(stop));
+        }
+        return;
+    }
+    let Some(addr) = worker.address else { return };
+    let credential = worker_credential(&node.config.cluster_secret, &cluster_id, &worker.id);
+    let _ = node
+        .worker_http
+        .post(format!("http://{addr}{PATH_WORKER_STOP}"))
+        .header(CREDENTIAL_HEADER, credential)
+        .timeout(Duration::from_secs(5))
+        .json(&stop)
+        .send()
+        .await;
+}

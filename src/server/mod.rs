@@ -1,0 +1,319 @@
+//! A raftjob server node: the Raft group member and its listeners.
+//!
+//! ```text
+//!  users ──▶ api port ──────┐                 ┌── Raft (openraft) ── RocksDB
+//!  servers ◀▶ cluster port ─┼── Node ─────────┤
+//!  workers ──▶ transport.* ─┘  (propose, read) └── state machine (in memory + RocksDB)
+//! ```
+//!
+//! Each listener has its own router; nothing of one is served on another.
+
+pub mod api;
+pub mod bootstrap;
+pub mod cluster;
+pub mod dispatcher;
+pub mod propose;
+pub mod read_index;
+pub mod transport;
+pub mod worker_registry;
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+use crate::config::ServerConfig;
+use crate::raft::log_store::LogStore;
+use crate::raft::network::Network;
+use crate::raft::state_machine::{SharedState, StateMachineStore};
+use crate::raft::{storage, NodeId, Raft};
+
+pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+#[derive(Debug, thiserror::Error)]
+pub enum StartError {
+    #[error(transparent)]
+    Storage(#[from] storage::OpenError),
+    #[error("cannot open the state machine: {0}")]
+    StateMachine(#[from] openraft::StorageError<NodeId>),
+    #[error("invalid Raft settings: {0}")]
+    RaftConfig(#[from] openraft::ConfigError),
+    #[error("cannot start Raft: {0}")]
+    Raft(#[from] openraft::error::Fatal<NodeId>),
+    #[error("cannot listen on {key} {addr}: {source} (is another process using the port?)")]
+    Bind {
+        key: String,
+        addr: SocketAddr,
+        source: std::io::Error,
+    },
+}
+
+/// Everything the listeners and background tasks share.
+pub struct Node {
+    pub id: NodeId,
+    pub config: ServerConfig,
+    pub raft: Raft,
+    pub state: SharedState,
+    /// Client for forwarding to the leader's cluster port (its own pool, apart from Raft RPC).
+    pub forward: reqwest::Client,
+    pub reads: read_index::ReadIndexBatcher,
+    /// The leader's memory of live workers and attempt leases.
+    pub workers: worker_registry::WorkerRegistry,
+    /// Client for dispatching to workers' own endpoints (its own pool).
+    pub worker_http: reqwest::Client,
+    /// Actual bound addresses (they differ from the config when it says port 0).
+    pub bound: BoundAddrs,
+    pub shutdown: CancellationToken,
+    /// Set when Raft stopped on a fatal error (the process then exits non-zero).
+    pub fatal: std::sync::Mutex<Option<String>>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct BoundAddrs {
+    pub api: Option<SocketAddr>,
+    pub cluster: Option<SocketAddr>,
+    pub transports: BTreeMap<String, SocketAddr>,
+}
+
+/// A started server; dropping it does not stop it, call [`RunningServer::shutdown`].
+pub struct RunningServer {
+    pub node: Arc<Node>,
+    tasks: tokio::task::JoinSet<()>,
+}
+
+impl RunningServer {
+    /// Waits until the shutdown token is cancelled, then stops listeners and Raft.
+    /// Returns the fatal error that stopped the node, if one did.
+    pub async fn wait(mut self) -> Option<String> {
+        self.node.shutdown.cancelled().await;
+        while self.tasks.join_next().await.is_some() {}
+        if let Err(e) = self.node.raft.shutdown().await {
+            tracing::warn!(error = %e, "Raft did not shut down cleanly.");
+        }
+        tracing::info!(node_id = self.node.id, "Server stopped.");
+        self.node.fatal.lock().expect("fatal lock").clone()
+    }
+
+    pub async fn shutdown(self) -> Option<String> {
+        self.node.shutdown.cancel();
+        self.wait().await
+    }
+}
+
+fn raft_config(cfg: &ServerConfig) -> Result<openraft::Config, openraft::ConfigError> {
+    let t = &cfg.raft;
+    let config = openraft::Config {
+        cluster_name: "raftjob".into(),
+        heartbeat_interval: t.heartbeat_interval_ms,
+        election_timeout_min: t.election_timeout_min_ms,
+        election_timeout_max: t.election_timeout_max_ms,
+        install_snapshot_timeout: 10_000,
+        snapshot_max_chunk_size: 1024 * 1024,
+        snapshot_policy: openraft::SnapshotPolicy::LogsSinceLast(t.snapshot_logs_since_last),
+        max_in_snapshot_log_to_keep: t.logs_to_keep,
+        purge_batch_size: 32,
+        max_payload_entries: 256,
+        ..Default::default()
+    };
+    config.validate()
+}
+
+async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
+    TcpListener::bind(addr)
+        .await
+        .map_err(|source| StartError::Bind {
+            key: key.into(),
+            addr,
+            source,
+        })
+}
+
+/// Opens storage, starts Raft and every listener, and begins bootstrap.
+pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
+    let db = storage::open_db(&config.data_dir)?;
+    let log_store = LogStore::new(db.clone());
+    let sm = StateMachineStore::open(db, &config.data_dir).await?;
+    let state = sm.shared();
+    let raft_cfg = Arc::new(raft_config(&config)?);
+    let raft = Raft::new(
+        config.node_id,
+        raft_cfg,
+        Network::new(&config.cluster_secret),
+        log_store,
+        sm,
+    )
+    .await?;
+
+    // Bind every listener before serving any, so a port clash stops start-up cleanly.
+    let api_listener = bind("api_addr", config.api_addr).await?;
+    let cluster_listener = bind("cluster_addr", config.cluster_addr).await?;
+    let mut transport_listeners = Vec::new();
+    for (proto, addr) in &config.transports {
+        transport_listeners.push((
+            proto.clone(),
+            bind(&format!("transport.{proto}"), *addr).await?,
+        ));
+    }
+    let mut bound = BoundAddrs {
+        api: api_listener.local_addr().ok(),
+        cluster: cluster_listener.local_addr().ok(),
+        ..Default::default()
+    };
+    for (proto, l) in &transport_listeners {
+        if let Ok(a) = l.local_addr() {
+            bound.transports.insert(proto.clone(), a);
+        }
+    }
+
+    let forward = reqwest::Client::builder()
+        .connect_timeout(Duration::from_millis(500))
+        .tcp_nodelay(true)
+        .build()
+        .expect("reqwest client builds");
+    let node = Arc::new(Node {
+        id: config.node_id,
+        reads: read_index::ReadIndexBatcher::new(),
+        workers: worker_registry::WorkerRegistry::new(
+            Duration::from_millis(config.workers.lease_ms),
+            Duration::from_millis(config.workers.grace_ms),
+        ),
+        worker_http: reqwest::Client::builder()
+            .connect_timeout(Duration::from_millis(500))
+            .tcp_nodelay(true)
+            .build()
+            .expect("reqwest client builds"),
+        config,
+        raft,
+        state,
+        forward,
+        bound,
+        shutdown: CancellationToken::new(),
+        fatal: std::sync::Mutex::new(None),
+    });
+    log_port_table(&node);
+
+    let mut tasks = tokio::task::JoinSet::new();
+    tasks.spawn(serve(
+        api_listener,
+        api::router(node.clone()),
+        node.shutdown.clone(),
+    ));
+    tasks.spawn(serve(
+        cluster_listener,
+        cluster::router(node.clone()),
+        node.shutdown.clone(),
+    ));
+    for (proto, listener) in transport_listeners {
+        tasks.spawn(serve(
+            listener,
+            transport::router(node.clone(), &proto),
+            node.shutdown.clone(),
+        ));
+    }
+    tasks.spawn(read_index::run(node.clone()));
+    tasks.spawn(bootstrap::run(node.clone()));
+    tasks.spawn(watch_fatal(node.clone()));
+    tasks.spawn(dispatcher::run(node.clone()));
+    Ok(RunningServer { node, tasks })
+}
+
+/// Stops the whole node when Raft stops on a fatal error (a storage failure, or a
+/// command from a newer version): serving without Raft would only mislead clients.
+async fn watch_fatal(node: Arc<Node>) {
+    let mut metrics = node.raft.metrics();
+    loop {
+        if let Err(fatal) = &metrics.borrow_and_update().running_state {
+            let message = fatal.to_string();
+            tracing::error!(error = %message, "Raft stopped; shutting this node down.");
+            *node.fatal.lock().expect("fatal lock") = Some(message);
+            node.shutdown.cancel();
+            return;
+        }
+        tokio::select! {
+            _ = node.shutdown.cancelled() => return,
+            r = metrics.changed() => if r.is_err() { return },
+        }
+    }
+}
+
+async fn serve(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) {
+    let result = axum::serve(
+        listener,
+        router.into_make_service_with_connect_info::<SocketAddr>(),
+    )
+    .with_graceful_shutdown(async move { shutdown.cancelled().await })
+    .await;
+    if let Err(e) = result {
+        tracing::error!(error = %e, "Listener failed.");
+    }
+}
+
+/// Logs which ports this node opened and who each is for.
+fn log_port_table(node: &Node) {
+    let b = &node.bound;
+    let mut rows = vec![
+        format!(
+            "  {:<16} {:<22} {}",
+            "api",
+            fmt_addr(b.api),
+            "users, console, /healthz, /readyz, /metrics, /openapi.json"
+        ),
+        format!(
+            "  {:<16} {:<22} {}",
+            "cluster",
+            fmt_addr(b.cluster),
+            "other raftjob servers only (Raft RPC, forwarding; secret required)"
+        ),
+    ];
+    for (proto, addr) in &b.transports {
+        let (name, who) = (
+            format!("transport.{proto}"),
+            format!("workers using the {proto} protocol"),
+        );
+        rows.push(format!("  {name:<16} {addr:<22} {who}"));
+    }
+    for proto in crate::config::PROTOCOLS
+        .iter()
+        .filter(|p| !b.transports.contains_key(**p))
+    {
+        rows.push(format!(
+            "  {:<16} {:<22} {}",
+            format!("transport.{proto}"),
+            "(closed)",
+            "protocol not enabled"
+        ));
+    }
+    tracing::info!(
+        node_id = node.id,
+        "Listening:\n  {:<16} {:<22} {}\n{}",
+        "PORT",
+        "ADDRESS",
+        "FOR",
+        rows.join("\n")
+    );
+}
+
+fn fmt_addr(a: Option<SocketAddr>) -> String {
+    a.map(|a| a.to_string()).unwrap_or_else(|| "-".into())
+}
+
+impl Node {
+    /// The cluster id recorded at bootstrap (none until the first leader records it).
+    pub fn cluster_id(&self) -> Option<String> {
+        self.state
+            .read()
+            .expect("state lock")
+            .state
+            .meta
+            .cluster_id
+            .clone()
+    }
+}
+
+/// Wall-clock milliseconds; only ever put into proposals, never read by apply.
+pub fn now_ms() -> i64 {
+    chrono::Utc::now().timestamp_millis()
+}

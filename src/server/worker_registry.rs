@@ -1,0 +1,272 @@
+//! The leader's view of live workers: heartbeats, load, open WebSockets and the
+//! lease clock of every attempt. All of it is leader memory, never replicated: a new
+//! leader starts every clock from its own election, so an election never makes a
+//! worker look lost.
+
+use std::collections::{BTreeSet, HashMap};
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+
+use crate::protocol::{AttemptRef, ServerMsg};
+use crate::state::{InstanceId, State, WorkerReg};
+
+/// Liveness of a registered worker as the leader sees it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize, utoipa::ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum WorkerState {
+    /// Heard from within lease + grace.
+    Live,
+    /// Not heard from since this leader's election, still within grace of it.
+    Unknown,
+    /// Not heard from for longer than lease + grace.
+    Lost,
+}
+
+#[derive(Debug, Clone)]
+struct Live {
+    last_heartbeat: Instant,
+    running: u32,
+    max_concurrency: u32,
+}
+
+#[derive(Default)]
+struct Inner {
+    /// When this node last became leader (None while it does not lead).
+    leader_since: Option<Instant>,
+    live: HashMap<String, Live>,
+    ws: HashMap<String, mpsc::UnboundedSender<ServerMsg>>,
+    /// Last lease renewal received for an attempt (leader clock, at receipt).
+    renewals: HashMap<(InstanceId, u32), Instant>,
+    /// Instances first seen without any matching worker.
+    waiting_since: HashMap<InstanceId, Instant>,
+    /// Stops already sent by this leader.
+    stops_sent: BTreeSet<(InstanceId, u32)>,
+    /// Dispatches chosen for a worker since its last heartbeat: counted as load at once,
+    /// so one scan spreads a burst instead of handing it all to the least loaded worker.
+    reserved: HashMap<String, u32>,
+    round_robin: u64,
+}
+
+pub struct WorkerRegistry {
+    inner: Mutex<Inner>,
+    pub lease: Duration,
+    pub grace: Duration,
+}
+
+/// A snapshot of one worker for the API.
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize, utoipa::ToSchema)]
+pub struct WorkerView {
+    #[serde(flatten)]
+    pub reg: WorkerReg,
+    pub app: String,
+    pub state: WorkerState,
+    /// Milliseconds since the last heartbeat the leader received.
+    pub last_heartbeat_ms_ago: Option<u64>,
+    pub running: u32,
+    pub connected_ws: bool,
+}
+
+impl WorkerRegistry {
+    pub fn new(lease: Duration, grace: Duration) -> Self {
+        Self {
+            inner: Mutex::new(Inner::default()),
+            lease,
+            grace,
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        self.inner.lock().expect("registry lock")
+    }
+
+    /// Forgets everything and starts the clocks from now (on becoming leader).
+    pub fn become_leader(&self) {
+        let mut g = self.lock();
+        let ws = std::mem::take(&mut g.ws);
+        *g = Inner {
+            leader_since: Some(Instant::now()),
+            ws,
+            ..Default::default()
+        };
+    }
+
+    pub fn step_down(&self) {
+        let mut g = self.lock();
+        let ws = std::mem::take(&mut g.ws);
+        *g = Inner {
+            ws,
+            ..Default::default()
+        };
+    }
+
+    pub fn heartbeat(&self, worker_id: &str, running: u32, max_concurrency: u32) {
+        let live = Live {
+            last_heartbeat: Instant::now(),
+            running,
+            max_concurrency,
+        };
+        let mut g = self.lock();
+        g.live.insert(worker_id.to_string(), live);
+        g.reserved.remove(worker_id);
+    }
+
+    pub fn renew(&self, attempts: &[AttemptRef]) {
+        let now = Instant::now();
+        let mut g = self.lock();
+        for a in attempts {
+            g.renewals.insert((a.instance_id, a.attempt), now);
+        }
+    }
+
+    pub fn attach_ws(&self, worker_id: &str, tx: mpsc::UnboundedSender<ServerMsg>) {
+        self.lock().ws.insert(worker_id.to_string(), tx);
+    }
+
+    pub fn detach_ws(&self, worker_id: &str, tx: &mpsc::UnboundedSender<ServerMsg>) {
+        let mut g = self.lock();
+        if g.ws.get(worker_id).is_some_and(|cur| cur.same_channel(tx)) {
+            g.ws.remove(worker_id);
+        }
+    }
+
+    pub fn ws_sender(&self, worker_id: &str) -> Option<mpsc::UnboundedSender<ServerMsg>> {
+        self.lock()
+            .ws
+            .get(worker_id)
+            .filter(|tx| !tx.is_closed())
+            .cloned()
+    }
+
+    pub fn state_of(&self, worker_id: &str) -> WorkerState {
+        let g = self.lock();
+        Self::state_in(&g, worker_id, self.lease + self.grace)
+    }
+
+    fn state_in(g: &Inner, worker_id: &str, timeout: Duration) -> WorkerState {
+        match g.live.get(worker_id) {
+            Some(l) if l.last_heartbeat.elapsed() <= timeout => WorkerState::Live,
+            Some(_) => WorkerState::Lost,
+            None => match g.leader_since {
+                Some(since) if since.elapsed() <= timeout => WorkerState::Unknown,
+                _ => WorkerState::Lost,
+            },
+        }
+    }
+
+    /// Workers that may take a dispatch now: live, or not yet heard from since this
+    /// leader's election (the grace an election gives), and below their concurrency.
+    pub fn candidates<'a>(
+        &self,
+        workers: impl Iterator<Item = &'a WorkerReg>,
+    ) -> Vec<(WorkerReg, u32)> {
+        let g = self.lock();
+        let timeout = self.lease + self.grace;
+        workers
+            .filter(|w| Self::state_in(&g, &w.id, timeout) != WorkerState::Lost)
+            .filter_map(|w| {
+                let running = g.live.get(&w.id).map(|l| l.running).unwrap_or(0)
+                    + g.reserved.get(&w.id).copied().unwrap_or(0);
+                let max = g
+                    .live
+                    .get(&w.id)
+                    .map(|l| l.max_concurrency)
+                    .unwrap_or(w.max_concurrency);
+                (max == 0 || running < max).then(|| (w.clone(), running))
+            })
+            .collect()
+    }
+
+    pub fn next_round_robin(&self) -> u64 {
+        let mut g = self.lock();
+        g.round_robin += 1;
+        g.round_robin
+    }
+
+    /// Counts a chosen dispatch toward the worker's load until its next heartbeat.
+    pub fn reserve(&self, worker_id: &str) {
+        *self
+            .lock()
+            .reserved
+            .entry(worker_id.to_string())
+            .or_insert(0) += 1;
+    }
+
+    /// Restarts one attempt's lease clock: when its dispatch is sent, and when the
+    /// worker acknowledges it.
+    pub fn renew_attempt(&self, attempt: (InstanceId, u32)) {
+        self.lock().renewals.insert(attempt, Instant::now());
+    }
+
+    /// Time since the attempt's last renewal (or since this leader's election).
+    pub fn since_renewal(&self, attempt: (InstanceId, u32)) -> Duration {
+        let g = self.lock();
+        g.renewals
+            .get(&attempt)
+            .copied()
+            .or(g.leader_since)
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
+    }
+
+    /// Drops the clocks of attempts whose instance finished (keeps leader memory bounded).
+    pub fn retain_active(&self, active: &std::collections::BTreeSet<InstanceId>) {
+        let mut g = self.lock();
+        g.renewals.retain(|(i, _), _| active.contains(i));
+        g.stops_sent.retain(|(i, _)| active.contains(i));
+        g.waiting_since.retain(|i, _| active.contains(i));
+    }
+
+    pub fn forget_attempt(&self, attempt: (InstanceId, u32)) {
+        let mut g = self.lock();
+        g.renewals.remove(&attempt);
+        g.stops_sent.remove(&attempt);
+    }
+
+    /// How long an instance has waited without a matching worker (starts the clock).
+    pub fn waiting_without_worker(&self, id: InstanceId) -> Duration {
+        self.lock()
+            .waiting_since
+            .entry(id)
+            .or_insert_with(Instant::now)
+            .elapsed()
+    }
+
+    pub fn found_worker(&self, id: InstanceId) {
+        self.lock().waiting_since.remove(&id);
+    }
+
+    /// True the first time a stop for this attempt is to be sent by this leader.
+    pub fn mark_stop_sent(&self, attempt: (InstanceId, u32)) -> bool {
+        self.lock().stops_sent.insert(attempt)
+    }
+
+    pub fn views(&self, state: &State, app: Option<u64>) -> Vec<WorkerView> {
+        let g = self.lock();
+        let timeout = self.lease + self.grace;
+        state
+            .workers
+            .values()
+            .filter(|w| app.is_none_or(|a| a == w.app_id))
+            .map(|w| {
+                let live = g.live.get(&w.id);
+                WorkerView {
+                    reg: w.clone(),
+                    app: state
+                        .apps
+                        .get(&w.app_id)
+                        .map(|a| a.name.clone())
+                        .unwrap_or_default(),
+                    state: Self::state_in(&g, &w.id, timeout),
+                    last_heartbeat_ms_ago: live
+                        .map(|l| l.last_heartbeat.elapsed().as_millis() as u64),
+                    running: live.map(|l| l.running).unwrap_or(0),
+                    connected_ws: g.ws.get(&w.id).is_some_and(|tx| !tx.is_closed()),
+                }
+            })
+            .collect()
+    }
+}

@@ -1,0 +1,603 @@
+//! `apply`: the transition function of the replicated state machine.
+
+use super::command::AttemptEvent;
+use super::command::{Command, Outcome, Proposal, Response, StateError};
+use super::model::{
+    App, Attempt, ExecutionMode, FencingToken, Instance, InstanceId, InstanceStatus, Job, JobSpec,
+    Millis, NodeAddrs, Trigger, LOG_TAIL_LINES,
+};
+use super::{Key, RequestRecord, State, REQUEST_RETENTION_MS};
+
+/// Applies one proposal committed at (`term`, `index`) and returns its response.
+///
+/// Pure: the result depends only on `state`, `proposal`, `term` and `index`.
+/// The caller must have checked [`Proposal::v`] against
+/// [`super::COMMAND_VERSION`] (an unknown version stops the node instead).
+pub fn apply(state: &mut State, proposal: &Proposal, term: u64, index: u64) -> Response {
+    if proposal.now_ms > state.meta.now_ms {
+        state.meta.now_ms = proposal.now_ms;
+        state.touch(Key::Meta);
+    }
+    expire_requests(state);
+
+    if let Some(req) = &proposal.request {
+        if let Some(rec) = state.requests.get(&req.id) {
+            if rec.body_hash == req.body_hash {
+                let mut resp = rec.response.clone();
+                resp.replayed = true;
+                return resp;
+            }
+            return Response::new(Outcome::rejected(StateError::IdempotencyConflict));
+        }
+    }
+
+    let response = Response::new(execute(state, &proposal.cmd, FencingToken { term, index }));
+
+    if let Some(req) = &proposal.request {
+        let at_ms = state.meta.now_ms;
+        state.requests.insert(
+            req.id.clone(),
+            RequestRecord {
+                body_hash: req.body_hash.clone(),
+                response: response.clone(),
+                at_ms,
+            },
+        );
+        state.request_expiry.insert((at_ms, req.id.clone()));
+        state.touch(Key::Request(req.id.clone()));
+    }
+    response
+}
+
+/// Drops request ids older than the retention window (replicated clock).
+fn expire_requests(state: &mut State) {
+    let horizon = state.meta.now_ms - REQUEST_RETENTION_MS;
+    while let Some((at, id)) = state.request_expiry.first().cloned() {
+        if at >= horizon {
+            break;
+        }
+        state.request_expiry.pop_first();
+        if state.requests.get(&id).is_some_and(|r| r.at_ms == at) {
+            state.requests.remove(&id);
+            state.touch(Key::Request(id));
+        }
+    }
+}
+
+fn next_id(state: &mut State) -> u64 {
+    state.meta.next_id += 1;
+    state.touch(Key::Meta);
+    state.meta.next_id
+}
+
+fn execute(state: &mut State, cmd: &Command, pos: FencingToken) -> Outcome {
+    let now = state.meta.now_ms;
+    match cmd {
+        Command::Bootstrap { cluster_id } => {
+            if state.meta.cluster_id.is_none() {
+                state.meta.cluster_id = Some(cluster_id.clone());
+                state.touch(Key::Meta);
+            }
+            Outcome::None
+        }
+        Command::SetNodeAddrs {
+            node_id,
+            api_addr,
+            cluster_addr,
+            transports,
+        } => {
+            let addrs = NodeAddrs {
+                api_addr: api_addr.clone(),
+                cluster_addr: cluster_addr.clone(),
+                transports: transports.clone(),
+            };
+            state.nodes.insert(*node_id, addrs);
+            state.touch(Key::Node(*node_id));
+            Outcome::None
+        }
+        Command::RemoveNode { node_id } => {
+            state.nodes.remove(node_id);
+            state.touch(Key::Node(*node_id));
+            Outcome::None
+        }
+        Command::CreateApp {
+            name,
+            worker_token_hash,
+        } => {
+            if state.app_by_name(name).is_some() {
+                return Outcome::rejected(StateError::AlreadyExists {
+                    entity: "app".into(),
+                    key: name.clone(),
+                });
+            }
+            let id = next_id(state);
+            let app = App {
+                id,
+                name: name.clone(),
+                worker_token_hash: worker_token_hash.clone(),
+                created_at_ms: now,
+            };
+            state.apps.insert(id, app.clone());
+            state.touch(Key::App(id));
+            Outcome::App { app }
+        }
+        Command::CreateJob { spec } => {
+            let app_id = match resolve_app(state, spec) {
+                Ok(id) => id,
+                Err(e) => return Outcome::rejected(e),
+            };
+            if state.jobs_of_app(app_id).any(|j| j.spec.name == spec.name) {
+                return Outcome::rejected(StateError::AlreadyExists {
+                    entity: "job".into(),
+                    key: format!("{}/{}", spec.app, spec.name),
+                });
+            }
+            let id = next_id(state);
+            let job = Job {
+                id,
+                app_id,
+                spec: spec.clone(),
+                created_at_ms: now,
+                updated_at_ms: now,
+                version: 1,
+                last_fire_time_ms: None,
+            };
+            state.jobs.insert(id, job.clone());
+            state.touch(Key::Job(id));
+            job.into()
+        }
+        Command::UpdateJob { id, spec } => {
+            let app_id = match resolve_app(state, spec) {
+                Ok(id) => id,
+                Err(e) => return Outcome::rejected(e),
+            };
+            if state
+                .jobs_of_app(app_id)
+                .any(|j| j.spec.name == spec.name && j.id != *id)
+            {
+                return Outcome::rejected(StateError::AlreadyExists {
+                    entity: "job".into(),
+                    key: format!("{}/{}", spec.app, spec.name),
+                });
+            }
+            update_job(state, *id, now, |job| {
+                job.app_id = app_id;
+                job.spec = spec.clone();
+            })
+        }
+        Command::DeleteJob { id } => {
+            if state.jobs.remove(id).is_none() {
+                return Outcome::rejected(StateError::not_found("job", id));
+            }
+            state.touch(Key::Job(*id));
+            Outcome::Deleted { id: *id }
+        }
+        Command::SetJobEnabled { id, enabled } => {
+            update_job(state, *id, now, |job| job.spec.enabled = *enabled)
+        }
+        Command::Tick => Outcome::None,
+        Command::RegisterWorker { worker } => {
+            let mut worker = worker.clone();
+            worker.registered_at_ms = now;
+            state.workers.insert(worker.id.clone(), worker.clone());
+            state.touch(Key::Worker(worker.id.clone()));
+            Outcome::Worker { worker }
+        }
+        Command::RunJob {
+            job_id,
+            params,
+            delay_ms,
+        } => {
+            let Some(job) = state.jobs.get(job_id) else {
+                return Outcome::rejected(StateError::not_found("job", job_id));
+            };
+            let max = job.spec.max_concurrent_instances;
+            let app_id = job.app_id;
+            if max > 0 {
+                let running = state
+                    .active
+                    .iter()
+                    .filter(|i| state.instances.get(i).is_some_and(|x| x.job_id == *job_id))
+                    .count();
+                if running >= max as usize {
+                    return Outcome::rejected(StateError::Conflict {
+                        message: format!("job {job_id} already has {running} unfinished instances (max_concurrent_instances = {max})"),
+                    });
+                }
+            }
+            let id = next_id(state);
+            let not_before_ms = (*delay_ms > 0).then(|| now + *delay_ms as Millis);
+            let instance = new_instance(
+                id,
+                *job_id,
+                app_id,
+                Trigger::Manual,
+                params.clone(),
+                now,
+                not_before_ms,
+            );
+            insert_instance(state, instance);
+            Outcome::InstanceCreated { id }
+        }
+        Command::Dispatch {
+            instance_id,
+            workers,
+        } => dispatch(state, *instance_id, workers, pos, now),
+        Command::Report {
+            instance_id,
+            attempt,
+            token,
+            event,
+        } => report(state, *instance_id, *attempt, *token, event, now),
+        Command::AttemptLost {
+            instance_id,
+            attempt,
+            reason,
+        } => {
+            let accepted = with_instance(state, *instance_id, |inst, job| {
+                let Some(a) = inst.attempts.iter_mut().find(|a| a.number == *attempt) else {
+                    return false;
+                };
+                if a.status.is_terminal() || inst.status.is_terminal() {
+                    return false;
+                }
+                a.status = InstanceStatus::Failed;
+                a.finished_at_ms = Some(now);
+                a.result = Some(format!("worker {} lost: {reason}", a.worker));
+                settle(inst, job, now);
+                true
+            });
+            Outcome::ReportAccepted {
+                accepted: accepted.unwrap_or(false),
+            }
+        }
+        Command::StopInstance { id } => change_instance(state, *id, |inst, _| match inst.status {
+            s if s.is_terminal() => Err(conflict(*id, s, "stop")),
+            InstanceStatus::WaitingDispatch => {
+                finish(
+                    inst,
+                    InstanceStatus::Stopped,
+                    "stopped before it was dispatched".into(),
+                    now,
+                );
+                Ok(())
+            }
+            _ => {
+                inst.status = InstanceStatus::Stopping;
+                Ok(())
+            }
+        }),
+        Command::CancelInstance { id } => {
+            change_instance(state, *id, |inst, _| match inst.status {
+                InstanceStatus::WaitingDispatch => {
+                    finish(inst, InstanceStatus::Canceled, "canceled".into(), now);
+                    Ok(())
+                }
+                s => Err(conflict(
+                    *id,
+                    s,
+                    "cancel (only a waiting instance can be canceled; stop a dispatched one)",
+                )),
+            })
+        }
+        Command::RetryInstance { id } => {
+            let Some(old) = state.instances.get(id) else {
+                return Outcome::rejected(StateError::not_found("instance", id));
+            };
+            if !old.status.is_terminal() {
+                return Outcome::rejected(conflict(
+                    *id,
+                    old.status,
+                    "retry (only a finished instance can be retried)",
+                ));
+            }
+            if !state.jobs.contains_key(&old.job_id) {
+                return Outcome::rejected(StateError::not_found("job", old.job_id));
+            }
+            let (job_id, app_id, params) = (old.job_id, old.app_id, old.params.clone());
+            let new_id = next_id(state);
+            let instance = new_instance(
+                new_id,
+                job_id,
+                app_id,
+                Trigger::Retry { of: *id },
+                params,
+                now,
+                None,
+            );
+            insert_instance(state, instance);
+            Outcome::InstanceCreated { id: new_id }
+        }
+        Command::FailInstance { id, reason } => {
+            change_instance(state, *id, |inst, _| match inst.status {
+                InstanceStatus::WaitingDispatch => {
+                    finish(inst, InstanceStatus::Failed, reason.clone(), now);
+                    Ok(())
+                }
+                s => Err(conflict(*id, s, "fail")),
+            })
+        }
+        Command::Unknown => Outcome::rejected(StateError::Invalid {
+            field: "type".into(),
+            message: "unknown command".into(),
+        }),
+    }
+}
+
+fn resolve_app(state: &State, spec: &JobSpec) -> Result<u64, StateError> {
+    state
+        .app_by_name(&spec.app)
+        .map(|a| a.id)
+        .ok_or_else(|| StateError::not_found("app", &spec.app))
+}
+
+fn update_job(state: &mut State, id: u64, now: Millis, change: impl FnOnce(&mut Job)) -> Outcome {
+    let Some(job) = state.jobs.get_mut(&id) else {
+        return Outcome::rejected(StateError::not_found("job", id));
+    };
+    change(job);
+    job.updated_at_ms = now;
+    job.version += 1;
+    let job = job.clone();
+    state.touch(Key::Job(id));
+    job.into()
+}
+
+fn conflict(id: InstanceId, status: InstanceStatus, what: &str) -> StateError {
+    let status = serde_json::to_value(status)
+        .ok()
+        .and_then(|v| v.as_str().map(String::from))
+        .unwrap_or_default();
+    StateError::Conflict {
+        message: format!("cannot {what}: instance {id} is {status}"),
+    }
+}
+
+fn new_instance(
+    id: InstanceId,
+    job_id: u64,
+    app_id: u64,
+    trigger: Trigger,
+    params: serde_json::Value,
+    now: Millis,
+    not_before_ms: Option<Millis>,
+) -> Instance {
+    Instance {
+        id,
+        job_id,
+        app_id,
+        trigger,
+        fire_time_ms: None,
+        params,
+        status: InstanceStatus::WaitingDispatch,
+        attempts: Vec::new(),
+        created_at_ms: now,
+        finished_at_ms: None,
+        result: None,
+        log_tail: Vec::new(),
+        not_before_ms,
+        dispatched_at_ms: None,
+        started_at_ms: None,
+    }
+}
+
+fn insert_instance(state: &mut State, instance: Instance) {
+    let id = instance.id;
+    state.active.insert(id);
+    state.instances.insert(id, instance);
+    state.touch(Key::Instance(id));
+}
+
+/// Runs `f` on an instance and its job (if the job still exists), keeping the
+/// active index and persistence in step. `None` when the instance does not exist.
+fn with_instance<T>(
+    state: &mut State,
+    id: InstanceId,
+    f: impl FnOnce(&mut Instance, Option<&Job>) -> T,
+) -> Option<T> {
+    let job = state
+        .instances
+        .get(&id)
+        .and_then(|i| state.jobs.get(&i.job_id))
+        .cloned();
+    let inst = state.instances.get_mut(&id)?;
+    let out = f(inst, job.as_ref());
+    if inst.status.is_terminal() {
+        state.active.remove(&id);
+    }
+    state.touch(Key::Instance(id));
+    Some(out)
+}
+
+fn change_instance(
+    state: &mut State,
+    id: InstanceId,
+    f: impl FnOnce(&mut Instance, Option<&Job>) -> Result<(), StateError>,
+) -> Outcome {
+    match with_instance(state, id, f) {
+        None => Outcome::rejected(StateError::not_found("instance", id)),
+        Some(Err(e)) => Outcome::rejected(e),
+        Some(Ok(())) => Outcome::Instance {
+            instance: state.instances[&id].clone(),
+        },
+    }
+}
+
+fn finish(inst: &mut Instance, status: InstanceStatus, result: String, now: Millis) {
+    inst.status = status;
+    inst.result = Some(result);
+    inst.finished_at_ms = Some(now);
+}
+
+fn dispatch(
+    state: &mut State,
+    id: InstanceId,
+    workers: &[String],
+    pos: FencingToken,
+    now: Millis,
+) -> Outcome {
+    if workers.is_empty() {
+        return Outcome::rejected(StateError::Invalid {
+            field: "workers".into(),
+            message: "no worker named".into(),
+        });
+    }
+    let out = with_instance(state, id, |inst, job| {
+        if inst.status != InstanceStatus::WaitingDispatch {
+            return Err(conflict(id, inst.status, "dispatch"));
+        }
+        let broadcast = job.is_some_and(|j| j.spec.execution_mode == ExecutionMode::Broadcast);
+        if !broadcast && workers.len() != 1 {
+            return Err(StateError::Invalid {
+                field: "workers".into(),
+                message: "a standalone instance runs on one worker".into(),
+            });
+        }
+        let mut created = Vec::new();
+        for w in workers {
+            let attempt = Attempt {
+                number: inst.attempts.len() as u32 + 1,
+                worker: w.clone(),
+                fencing_token: pos,
+                status: InstanceStatus::Dispatched,
+                dispatched_at_ms: now,
+                started_at_ms: None,
+                finished_at_ms: None,
+                result: None,
+            };
+            created.push(attempt.clone());
+            inst.attempts.push(attempt);
+        }
+        inst.status = InstanceStatus::Dispatched;
+        inst.dispatched_at_ms.get_or_insert(now);
+        Ok(created)
+    });
+    match out {
+        None => Outcome::rejected(StateError::not_found("instance", id)),
+        Some(Err(e)) => Outcome::rejected(e),
+        Some(Ok(attempts)) => Outcome::Dispatched { attempts },
+    }
+}
+
+fn report(
+    state: &mut State,
+    id: InstanceId,
+    number: u32,
+    token: FencingToken,
+    event: &AttemptEvent,
+    now: Millis,
+) -> Outcome {
+    let accepted = with_instance(state, id, |inst, job| {
+        let Some(a) = inst.attempts.iter_mut().find(|a| a.number == number) else {
+            return false;
+        };
+        if a.fencing_token != token {
+            return false;
+        }
+        match event {
+            AttemptEvent::Log { lines } => {
+                inst.log_tail.extend(lines.iter().cloned());
+                let excess = inst.log_tail.len().saturating_sub(LOG_TAIL_LINES);
+                inst.log_tail.drain(..excess);
+                true
+            }
+            // Terminal states are final: a late or stale report never reopens anything.
+            _ if a.status.is_terminal() || inst.status.is_terminal() => false,
+            AttemptEvent::Running => {
+                a.status = InstanceStatus::Running;
+                a.started_at_ms.get_or_insert(now);
+                inst.started_at_ms.get_or_insert(now);
+                if inst.status == InstanceStatus::Dispatched {
+                    inst.status = InstanceStatus::Running;
+                }
+                true
+            }
+            AttemptEvent::Finished {
+                success,
+                result,
+                stopped,
+            } => {
+                a.status = if *stopped {
+                    InstanceStatus::Stopped
+                } else if *success {
+                    InstanceStatus::Succeeded
+                } else {
+                    InstanceStatus::Failed
+                };
+                a.finished_at_ms = Some(now);
+                a.result = Some(result.clone());
+                settle(inst, job, now);
+                true
+            }
+        }
+    });
+    Outcome::ReportAccepted {
+        accepted: accepted.unwrap_or(false),
+    }
+}
+
+/// Decides an instance's state after one of its attempts ended.
+fn settle(inst: &mut Instance, job: Option<&Job>, now: Millis) {
+    let open = inst.attempts.iter().any(|a| !a.status.is_terminal());
+    if inst.status == InstanceStatus::Stopping {
+        if !open {
+            finish(inst, InstanceStatus::Stopped, "stopped".into(), now);
+        }
+        return;
+    }
+    let broadcast = job.is_some_and(|j| j.spec.execution_mode == ExecutionMode::Broadcast);
+    if broadcast {
+        if open {
+            return;
+        }
+        // The broadcast's last round: every attempt dispatched together.
+        let last_token = inst.attempts.last().map(|a| a.fencing_token);
+        let round: Vec<&Attempt> = inst
+            .attempts
+            .iter()
+            .filter(|a| Some(a.fencing_token) == last_token)
+            .collect();
+        let ok = round.iter().all(|a| a.status == InstanceStatus::Succeeded);
+        let summary = round
+            .iter()
+            .map(|a| {
+                let status = format!("{:?}", a.status).to_lowercase();
+                format!(
+                    "{}: {status}: {}",
+                    a.worker,
+                    a.result.as_deref().unwrap_or("")
+                )
+            })
+            .collect::<Vec<_>>()
+            .join("\n");
+        let status = if ok {
+            InstanceStatus::Succeeded
+        } else {
+            InstanceStatus::Failed
+        };
+        finish(inst, status, summary, now);
+        return;
+    }
+    let Some(last) = inst.attempts.last() else {
+        return;
+    };
+    match last.status {
+        InstanceStatus::Succeeded => {
+            let result = last.result.clone().unwrap_or_default();
+            finish(inst, InstanceStatus::Succeeded, result, now);
+        }
+        InstanceStatus::Stopped => {
+            let result = last.result.clone().unwrap_or_default();
+            finish(inst, InstanceStatus::Stopped, result, now);
+        }
+        _ => {
+            let allowed = job.map(|j| j.spec.retries).unwrap_or(0) as usize + 1;
+            if inst.attempts.len() < allowed && job.is_some() {
+                inst.status = InstanceStatus::WaitingDispatch;
+            } else {
+                let result = last.result.clone().unwrap_or_default();
+                finish(inst, InstanceStatus::Failed, result, now);
+            }
+        }
+    }
+}

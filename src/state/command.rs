@@ -1,0 +1,262 @@
+//! Commands: the only way replicated state changes. The leader (or the node that
+//! received a user's write) builds a [`Proposal`]; Raft replicates it; every node's
+//! state machine applies it with [`crate::state::apply`].
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use super::model::{
+    App, Attempt, FencingToken, Instance, InstanceId, Job, JobId, JobSpec, LogLine, Millis, NodeId,
+    WorkerReg,
+};
+
+/// The version of the command set this build writes and understands. A node that
+/// meets a higher version stops instead of applying it wrongly.
+pub const COMMAND_VERSION: u32 = 1;
+
+/// One Raft log entry's payload.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Proposal {
+    /// Command-set version ([`COMMAND_VERSION`] of the proposing build).
+    pub v: u32,
+    /// The proposer's wall clock. Apply keeps `now = max(now, state.now)`, so time
+    /// never runs backwards across leaders; it is the only time apply ever sees.
+    pub now_ms: Millis,
+    /// Present for user writes: the request id and a hash of the request body.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub request: Option<RequestMeta>,
+    /// Decoded leniently: a command this build cannot decode (a newer variant or
+    /// field) becomes [`Command::Unknown`], which stops the node with an upgrade
+    /// message instead of failing to read the log.
+    #[serde(deserialize_with = "lenient_command")]
+    pub cmd: Command,
+}
+
+fn lenient_command<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Command, D::Error> {
+    let value = serde_json::Value::deserialize(d)?;
+    Ok(serde_json::from_value(value).unwrap_or(Command::Unknown))
+}
+
+/// Identifies a write for deduplication.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestMeta {
+    /// `<scope>/<Idempotency-Key>` for a caller's key, or `node/<uuid>` when the
+    /// receiving node generated it.
+    pub id: String,
+    /// SHA-256 of method, path and body: the same key with another body is refused.
+    pub body_hash: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Command {
+    /// Sets the cluster id once; later ones are no-ops. Proposed by the first leader.
+    Bootstrap {
+        cluster_id: String,
+    },
+    /// A node publishes its own addresses.
+    SetNodeAddrs {
+        node_id: NodeId,
+        api_addr: String,
+        cluster_addr: String,
+        transports: BTreeMap<String, String>,
+    },
+    /// Forget a removed node's addresses.
+    RemoveNode {
+        node_id: NodeId,
+    },
+    CreateApp {
+        name: String,
+        worker_token_hash: String,
+    },
+    CreateJob {
+        spec: JobSpec,
+    },
+    UpdateJob {
+        id: JobId,
+        spec: JobSpec,
+    },
+    DeleteJob {
+        id: JobId,
+    },
+    SetJobEnabled {
+        id: JobId,
+        enabled: bool,
+    },
+    /// Advances the replicated clock and runs time-based housekeeping.
+    Tick,
+    /// A worker registered (or re-registered) with the cluster.
+    RegisterWorker {
+        worker: WorkerReg,
+    },
+    /// Run a job now (or after `delay_ms`): a manual instance outside the fire cursor.
+    RunJob {
+        job_id: JobId,
+        #[serde(default)]
+        params: serde_json::Value,
+        #[serde(default)]
+        delay_ms: u64,
+    },
+    /// The leader hands an instance to workers (one for standalone, each for broadcast).
+    /// Apply stamps every new attempt with the fencing token (term, index) of this entry.
+    Dispatch {
+        instance_id: InstanceId,
+        workers: Vec<String>,
+    },
+    /// A worker's report about an attempt it holds.
+    Report {
+        instance_id: InstanceId,
+        attempt: u32,
+        token: FencingToken,
+        event: AttemptEvent,
+    },
+    /// The leader declares an attempt lost (lease expired, or the dispatch was never acknowledged).
+    AttemptLost {
+        instance_id: InstanceId,
+        attempt: u32,
+        reason: String,
+    },
+    StopInstance {
+        id: InstanceId,
+    },
+    CancelInstance {
+        id: InstanceId,
+    },
+    /// A new instance linked to a finished one.
+    RetryInstance {
+        id: InstanceId,
+    },
+    /// Fail an instance that could not be dispatched (no worker available, job deleted).
+    FailInstance {
+        id: InstanceId,
+        reason: String,
+    },
+    /// A command this build does not know (from a newer version).
+    #[serde(other)]
+    Unknown,
+}
+
+/// What apply answers; returned to the proposer and recorded for request ids.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Response {
+    /// True when this is the recorded answer to an earlier request with the same id.
+    #[serde(default)]
+    pub replayed: bool,
+    pub outcome: Outcome,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "type", rename_all = "snake_case")]
+#[allow(clippy::large_enum_variant)] // built once per apply and moved, never stored in bulk
+pub enum Outcome {
+    /// Nothing to report (blank and membership entries, housekeeping).
+    None,
+    App {
+        app: App,
+    },
+    Job {
+        job: Job,
+    },
+    Deleted {
+        id: u64,
+    },
+    InstanceCreated {
+        id: InstanceId,
+    },
+    Instance {
+        instance: Instance,
+    },
+    Worker {
+        worker: WorkerReg,
+    },
+    /// The attempts a `Dispatch` created.
+    Dispatched {
+        attempts: Vec<Attempt>,
+    },
+    /// Whether a report was for a current attempt.
+    ReportAccepted {
+        accepted: bool,
+    },
+    Rejected {
+        error: StateError,
+    },
+}
+
+/// What a worker reports about an attempt.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum AttemptEvent {
+    /// The dispatch was accepted and the processor started.
+    Running,
+    /// New log lines.
+    Log { lines: Vec<LogLine> },
+    /// The attempt ended; `stopped` when it ended because of a stop request.
+    Finished {
+        success: bool,
+        result: String,
+        #[serde(default)]
+        stopped: bool,
+    },
+}
+
+impl Response {
+    pub fn new(outcome: Outcome) -> Self {
+        Self {
+            replayed: false,
+            outcome,
+        }
+    }
+}
+
+/// Business rejections: deterministic, returned inside the response (never a storage
+/// error, which would stop the node).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, thiserror::Error)]
+#[serde(tag = "kind", rename_all = "snake_case")]
+pub enum StateError {
+    #[error("{entity} {key} not found")]
+    NotFound { entity: String, key: String },
+    #[error("{entity} {key} already exists")]
+    AlreadyExists { entity: String, key: String },
+    #[error("the Idempotency-Key was already used for a different request")]
+    IdempotencyConflict,
+    #[error("{message}")]
+    Invalid { field: String, message: String },
+    /// The request conflicts with the entity's current state (e.g. cancel a running instance).
+    #[error("{message}")]
+    Conflict { message: String },
+}
+
+impl StateError {
+    pub fn not_found(entity: &str, key: impl ToString) -> Self {
+        Self::NotFound {
+            entity: entity.into(),
+            key: key.to_string(),
+        }
+    }
+}
+
+impl Outcome {
+    pub fn rejected(error: StateError) -> Self {
+        Self::Rejected { error }
+    }
+}
+
+impl From<Job> for Outcome {
+    fn from(job: Job) -> Self {
+        Outcome::Job { job }
+    }
+}
+
+/// Raised when a log entry carries a command version this build cannot apply.
+#[derive(Debug, Clone, thiserror::Error)]
+#[error(
+    "log entry {index} carries a command this raftjob cannot apply (command version {found}, this build \
+     understands up to {supported}); upgrade this node to the release that wrote it (upgrade every node \
+     before any node proposes newer commands)"
+)]
+pub struct UnsupportedVersion {
+    pub index: u64,
+    pub found: u32,
+    pub supported: u32,
+}

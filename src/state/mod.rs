@@ -1,0 +1,178 @@
+//! The pure, deterministic state machine.
+//!
+//! [`apply`] takes the state, a [`Proposal`] and the log id it was committed at, and
+//! changes the state. It uses no clock, randomness or I/O: the only time it knows is
+//! the proposal's `now_ms` folded into a replicated clock, and the only identities it
+//! makes are counters in the state. Every node applying the same log therefore
+//! reaches the same state, which `tests` and the store's restart tests check.
+
+pub mod command;
+pub mod model;
+
+mod apply;
+
+use std::collections::{BTreeMap, BTreeSet};
+
+pub use apply::apply;
+pub use command::{
+    AttemptEvent, Command, Outcome, Proposal, RequestMeta, Response, StateError, COMMAND_VERSION,
+};
+pub use model::*;
+use serde::{Deserialize, Serialize};
+
+/// How long request ids are remembered, in replicated-clock time.
+pub const REQUEST_RETENTION_MS: Millis = 24 * 3600 * 1000;
+
+/// A recorded answer to a request id.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RequestRecord {
+    pub body_hash: String,
+    pub response: Response,
+    pub at_ms: Millis,
+}
+
+/// Scalar state that is not an entity of its own.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Meta {
+    /// Made at bootstrap; workers fence per cluster id.
+    pub cluster_id: Option<String>,
+    /// The replicated clock: the largest `now_ms` of any applied proposal.
+    pub now_ms: Millis,
+    /// Next id handed out to an app, job or instance (one sequence for all).
+    pub next_id: u64,
+}
+
+/// A persistence key: which record an apply touched. The store writes exactly the
+/// touched records (or deletes them when they no longer exist) in the same RocksDB
+/// batch as the applied log id.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum Key {
+    Meta,
+    Node(NodeId),
+    App(AppId),
+    Job(JobId),
+    Instance(InstanceId),
+    Request(String),
+    Worker(String),
+}
+
+/// The whole replicated state.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct State {
+    pub meta: Meta,
+    pub nodes: BTreeMap<NodeId, NodeAddrs>,
+    pub apps: BTreeMap<AppId, App>,
+    pub jobs: BTreeMap<JobId, Job>,
+    pub instances: BTreeMap<InstanceId, Instance>,
+    pub requests: BTreeMap<String, RequestRecord>,
+    #[serde(default)]
+    pub workers: BTreeMap<String, WorkerReg>,
+    /// Instances not yet in a terminal state. Derived; rebuilt on load.
+    #[serde(skip)]
+    pub active: BTreeSet<InstanceId>,
+    /// Index of `requests` by time, for expiry. Derived; rebuilt on load.
+    #[serde(skip)]
+    request_expiry: BTreeSet<(Millis, String)>,
+    /// Records changed since the store last persisted. Not part of the state proper.
+    #[serde(skip)]
+    touched: BTreeSet<Key>,
+}
+
+impl State {
+    /// Rebuilds derived indexes after the state was loaded from storage or a snapshot.
+    pub fn rebuild_indexes(&mut self) {
+        self.request_expiry = self
+            .requests
+            .iter()
+            .map(|(k, r)| (r.at_ms, k.clone()))
+            .collect();
+        self.active = self
+            .instances
+            .values()
+            .filter(|i| !i.status.is_terminal())
+            .map(|i| i.id)
+            .collect();
+    }
+
+    /// The keys changed since the last call, for the store to persist.
+    pub fn take_touched(&mut self) -> BTreeSet<Key> {
+        std::mem::take(&mut self.touched)
+    }
+
+    pub fn touch(&mut self, key: Key) {
+        self.touched.insert(key);
+    }
+
+    pub fn app_by_name(&self, name: &str) -> Option<&App> {
+        self.apps.values().find(|a| a.name == name)
+    }
+
+    /// A worker by its id `<app>/<name>`.
+    pub fn worker(&self, id: &str) -> Option<&WorkerReg> {
+        self.workers.get(id)
+    }
+
+    pub fn jobs_of_app(&self, app_id: AppId) -> impl Iterator<Item = &Job> {
+        self.jobs.values().filter(move |j| j.app_id == app_id)
+    }
+
+    /// Serialises the record behind `key`, or `None` when it no longer exists.
+    pub fn record(&self, key: &Key) -> Option<Vec<u8>> {
+        let bytes = match key {
+            Key::Meta => serde_json::to_vec(&self.meta),
+            Key::Node(id) => return self.nodes.get(id).map(to_json),
+            Key::App(id) => return self.apps.get(id).map(to_json),
+            Key::Job(id) => return self.jobs.get(id).map(to_json),
+            Key::Instance(id) => return self.instances.get(id).map(to_json),
+            Key::Request(id) => return self.requests.get(id).map(to_json),
+            Key::Worker(id) => return self.workers.get(id).map(to_json),
+        };
+        Some(bytes.expect("state records always serialise"))
+    }
+
+    /// Puts a record read back from storage (the inverse of [`State::record`]).
+    pub fn load_record(&mut self, key: Key, bytes: &[u8]) -> Result<(), serde_json::Error> {
+        match key {
+            Key::Meta => self.meta = serde_json::from_slice(bytes)?,
+            Key::Node(id) => {
+                self.nodes.insert(id, serde_json::from_slice(bytes)?);
+            }
+            Key::App(id) => {
+                self.apps.insert(id, serde_json::from_slice(bytes)?);
+            }
+            Key::Job(id) => {
+                self.jobs.insert(id, serde_json::from_slice(bytes)?);
+            }
+            Key::Instance(id) => {
+                self.instances.insert(id, serde_json::from_slice(bytes)?);
+            }
+            Key::Request(id) => {
+                self.requests.insert(id, serde_json::from_slice(bytes)?);
+            }
+            Key::Worker(id) => {
+                self.workers.insert(id, serde_json::from_slice(bytes)?);
+            }
+        }
+        Ok(())
+    }
+
+    /// Every key that currently holds a record (used to rewrite storage wholesale
+    /// after a snapshot is installed).
+    pub fn all_keys(&self) -> Vec<Key> {
+        let mut keys = vec![Key::Meta];
+        keys.extend(self.nodes.keys().map(|id| Key::Node(*id)));
+        keys.extend(self.apps.keys().map(|id| Key::App(*id)));
+        keys.extend(self.jobs.keys().map(|id| Key::Job(*id)));
+        keys.extend(self.instances.keys().map(|id| Key::Instance(*id)));
+        keys.extend(self.requests.keys().map(|id| Key::Request(id.clone())));
+        keys.extend(self.workers.keys().map(|id| Key::Worker(id.clone())));
+        keys
+    }
+}
+
+fn to_json<T: Serialize>(v: &T) -> Vec<u8> {
+    serde_json::to_vec(v).expect("state records always serialise")
+}
+
+#[cfg(test)]
+mod tests;

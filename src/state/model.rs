@@ -1,0 +1,328 @@
+//! The replicated data model: apps, jobs, instances with their attempts, worker
+//! registrations and the records that make writes idempotent.
+//!
+//! Everything here is plain data. It is serialised into the Raft log (inside
+//! commands), into RocksDB (one record per entity) and into snapshots, so field
+//! changes must stay backward compatible (`#[serde(default)]` on new fields).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use utoipa::ToSchema;
+
+pub type NodeId = u64;
+pub type AppId = u64;
+pub type JobId = u64;
+pub type InstanceId = u64;
+/// Milliseconds since the Unix epoch, always UTC.
+pub type Millis = i64;
+
+/// An application: the unit that owns jobs and the workers that run them.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct App {
+    pub id: AppId,
+    pub name: String,
+    /// SHA-256 of the worker token; the token itself is shown once and never stored.
+    pub worker_token_hash: String,
+    pub created_at_ms: Millis,
+}
+
+/// When a job fires.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Schedule {
+    /// Cron with an optional seconds field (6 fields) and optional year (7 fields),
+    /// or the standard 5 fields, evaluated in `timezone` (IANA name, default UTC).
+    Cron {
+        expr: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        timezone: Option<String>,
+    },
+    /// Every `every_ms` from the job's start time, without drift.
+    FixedRate { every_ms: u64 },
+    /// `delay_ms` after the previous instance ends.
+    FixedDelay { delay_ms: u64 },
+    /// Only run through the API.
+    Api,
+    /// Once, at the given instant (RFC 3339).
+    Once { at: chrono::DateTime<chrono::Utc> },
+}
+
+/// What a worker runs for an instance.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case", deny_unknown_fields)]
+pub enum Processor {
+    Shell {
+        command: String,
+    },
+    Http {
+        #[serde(default = "default_method")]
+        method: String,
+        url: String,
+        #[serde(default)]
+        headers: BTreeMap<String, String>,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        body: Option<String>,
+        #[serde(default = "default_expect_status")]
+        expect_status: Vec<u16>,
+    },
+    Custom {
+        name: String,
+        #[serde(default)]
+        #[schema(value_type = Object)]
+        params: Value,
+    },
+}
+
+fn default_method() -> String {
+    "GET".into()
+}
+
+fn default_expect_status() -> Vec<u16> {
+    vec![200]
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ExecutionMode {
+    /// One worker runs each instance.
+    #[default]
+    Standalone,
+    /// Every live matching worker runs the instance.
+    Broadcast,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DispatchStrategy {
+    /// The least loaded healthy worker.
+    #[default]
+    HealthFirst,
+    Random,
+    RoundRobin,
+}
+
+/// What happens to fire times missed while the cluster had no leader.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum MisfirePolicy {
+    /// One catch-up instance; the other missed times are recorded as skipped.
+    #[default]
+    FireOnce,
+    /// Run every missed time (bounded).
+    FireAll,
+    /// Record every missed time as skipped.
+    Skip,
+}
+
+/// What happens when a fire time comes while an earlier instance still runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum ConcurrencyPolicy {
+    #[default]
+    Allow,
+    Forbid,
+    Replace,
+}
+
+/// Everything a user says about a job; what `POST /api/v1/jobs` takes.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct JobSpec {
+    /// The owning app, by name.
+    pub app: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub schedule: Schedule,
+    pub processor: Processor,
+    #[serde(default)]
+    pub execution_mode: ExecutionMode,
+    #[serde(default)]
+    pub dispatch_strategy: DispatchStrategy,
+    /// Extra attempts after a failed one.
+    #[serde(default)]
+    pub retries: u32,
+    /// Per-attempt timeout; none means no limit.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timeout_ms: Option<u64>,
+    /// 0 means unlimited.
+    #[serde(default)]
+    pub max_concurrent_instances: u32,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub worker_tag: Option<String>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub designated_workers: Vec<String>,
+    #[serde(default = "default_true")]
+    pub enabled: bool,
+    /// Job parameters handed to every instance.
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub params: Value,
+    #[serde(default)]
+    pub misfire_policy: MisfirePolicy,
+    #[serde(default)]
+    pub concurrency_policy: ConcurrencyPolicy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub start_at: Option<chrono::DateTime<chrono::Utc>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub end_at: Option<chrono::DateTime<chrono::Utc>>,
+}
+
+fn default_true() -> bool {
+    true
+}
+
+/// A stored job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Job {
+    pub id: JobId,
+    pub app_id: AppId,
+    #[serde(flatten)]
+    pub spec: JobSpec,
+    pub created_at_ms: Millis,
+    pub updated_at_ms: Millis,
+    /// Bumped on every change, so the scheduler can tell a stale timer from a current one.
+    pub version: u64,
+    /// The fire cursor: the scheduler's fires are accepted only after this time, so a
+    /// new leader can never fire the same time twice. Manual runs do not move it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_fire_time_ms: Option<Millis>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum InstanceStatus {
+    WaitingDispatch,
+    Dispatched,
+    Running,
+    Stopping,
+    Succeeded,
+    Failed,
+    Stopped,
+    Canceled,
+}
+
+impl InstanceStatus {
+    /// Terminal states are final: no report reopens them.
+    pub fn is_terminal(self) -> bool {
+        matches!(
+            self,
+            Self::Succeeded | Self::Failed | Self::Stopped | Self::Canceled
+        )
+    }
+}
+
+/// The fencing token of a dispatch: the (term, index) of the `Dispatch` log entry.
+/// Workers refuse dispatches from a lower term than the highest they have seen.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+pub struct FencingToken {
+    pub term: u64,
+    pub index: u64,
+}
+
+/// Why an instance exists.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(tag = "type", rename_all = "snake_case")]
+pub enum Trigger {
+    /// Created by the scheduler for a fire time.
+    Schedule,
+    /// Run on request (the run API comes with the workers).
+    Manual,
+    /// A retry of a finished instance.
+    Retry { of: InstanceId },
+}
+
+/// One try of an instance on one worker.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Attempt {
+    pub number: u32,
+    pub worker: String,
+    pub fencing_token: FencingToken,
+    pub status: InstanceStatus,
+    pub dispatched_at_ms: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct LogLine {
+    pub at_ms: Millis,
+    pub line: String,
+}
+
+/// One run of a job.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct Instance {
+    pub id: InstanceId,
+    pub job_id: JobId,
+    pub app_id: AppId,
+    pub trigger: Trigger,
+    /// The scheduled fire time; none for manual runs.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub fire_time_ms: Option<Millis>,
+    #[serde(default)]
+    #[schema(value_type = Object)]
+    pub params: Value,
+    pub status: InstanceStatus,
+    #[serde(default)]
+    pub attempts: Vec<Attempt>,
+    pub created_at_ms: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub finished_at_ms: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub result: Option<String>,
+    /// The capped tail of the instance's log (the full stream is not replicated).
+    #[serde(default)]
+    pub log_tail: Vec<LogLine>,
+    /// Not dispatched before this time (a run with a delay).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before_ms: Option<Millis>,
+    /// When the first attempt was dispatched.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dispatched_at_ms: Option<Millis>,
+    /// When the first attempt started running on a worker.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub started_at_ms: Option<Millis>,
+}
+
+/// How many log lines an instance keeps in the replicated state.
+pub const LOG_TAIL_LINES: usize = 200;
+
+/// A worker registration: what a new leader needs to dispatch at once. Heartbeat
+/// times and load stay in the leader's memory.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct WorkerReg {
+    /// `<app>/<name>`.
+    pub id: String,
+    pub app_id: AppId,
+    pub name: String,
+    /// `http` or `ws`.
+    pub protocol: String,
+    /// The worker's own endpoint for the `http` protocol.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub address: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tag: Option<String>,
+    pub version: String,
+    pub max_concurrency: u32,
+    pub registered_at_ms: Millis,
+}
+
+/// Where a server node can be reached, published by the node itself so any node can
+/// tell users and workers the leader's addresses.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema, Default)]
+pub struct NodeAddrs {
+    pub api_addr: String,
+    pub cluster_addr: String,
+    /// Worker transport addresses by protocol name (lower case).
+    #[serde(default)]
+    pub transports: BTreeMap<String, String>,
+}

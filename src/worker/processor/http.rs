@@ -1,0 +1,408 @@
+//! The built-in HTTP processor: one request, judged by its status code.
+
+use std::collections::BTreeMap;
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
+use reqwest::{Method, Url};
+
+use super::{truncate_on_char_boundary, ProcessContext, ProcessError, ProcessOutcome, Processor};
+
+/// How much of the response body goes into the result; the rest is not even read.
+const BODY_CAP: usize = 4096;
+
+/// This build's reqwest has no TLS backend (no `rustls`/`native-tls` feature), so https
+/// cannot work; say so up front instead of surfacing a connector error. Flip this when a
+/// TLS feature is enabled in Cargo.toml.
+const TLS_SUPPORTED: bool = false;
+
+/// Sends `method url` with `headers` and `body`. Success iff the status is in
+/// `expect_status`.
+#[derive(Debug, Clone)]
+pub struct HttpProcessor {
+    pub method: String,
+    pub url: String,
+    pub headers: BTreeMap<String, String>,
+    pub body: Option<String>,
+    pub expect_status: Vec<u16>,
+    client: reqwest::Client,
+}
+
+/// One client for every HTTP job on this worker, so connections are pooled.
+fn shared_client() -> &'static reqwest::Client {
+    static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
+    CLIENT.get_or_init(|| {
+        reqwest::Client::builder()
+            .user_agent(concat!("raftjob/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .unwrap_or_else(|_| reqwest::Client::new())
+    })
+}
+
+impl HttpProcessor {
+    pub fn new(
+        method: impl Into<String>,
+        url: impl Into<String>,
+        headers: BTreeMap<String, String>,
+        body: Option<String>,
+        expect_status: Vec<u16>,
+    ) -> Self {
+        Self {
+            method: method.into(),
+            url: url.into(),
+            headers,
+            body,
+            expect_status,
+            client: shared_client().clone(),
+        }
+    }
+
+    /// Validates the spec into a request. Every problem here is the job's, so the messages
+    /// name the offending part.
+    fn build(&self, timeout: Option<Duration>) -> Result<reqwest::RequestBuilder, ProcessError> {
+        let method = Method::from_bytes(self.method.trim().to_ascii_uppercase().as_bytes())
+            .map_err(|_| ProcessError::Http(format!("invalid HTTP method {:?}", self.method)))?;
+        let url = Url::parse(&self.url)
+            .map_err(|e| ProcessError::Http(format!("invalid URL {:?}: {e}", self.url)))?;
+        match url.scheme() {
+            "http" => {}
+            "https" if TLS_SUPPORTED => {}
+            "https" => {
+                return Err(ProcessError::Http(format!(
+                    "cannot request {}: TLS is not enabled in this build of raftjob, so https \
+                     URLs are not supported (use http)",
+                    self.url
+                )))
+            }
+            other => {
+                return Err(ProcessError::Http(format!(
+                    "unsupported URL scheme {other:?} in {:?}: use http",
+                    self.url
+                )))
+            }
+        }
+        let mut headers = HeaderMap::new();
+        for (name, value) in &self.headers {
+            let name = HeaderName::from_bytes(name.as_bytes())
+                .map_err(|_| ProcessError::Http(format!("invalid header name {name:?}")))?;
+            let value = HeaderValue::from_str(value).map_err(|_| {
+                ProcessError::Http(format!("invalid value for header {}", name.as_str()))
+            })?;
+            headers.append(name, value);
+        }
+        let mut request = self.client.request(method, url).headers(headers);
+        if let Some(body) = &self.body {
+            request = request.body(body.clone());
+        }
+        if let Some(timeout) = timeout {
+            request = request.timeout(timeout);
+        }
+        Ok(request)
+    }
+}
+
+#[async_trait::async_trait]
+impl Processor for HttpProcessor {
+    async fn process(&self, ctx: ProcessContext) -> Result<ProcessOutcome, ProcessError> {
+        let request = self.build(ctx.timeout)?;
+        let method = self.method.trim().to_ascii_uppercase();
+        ctx.logger.log(format!("HTTP {method} {}", self.url));
+
+        let started = Instant::now();
+        let limit = ctx.timeout;
+        let exchange = async {
+            let mut response = request.send().await.map_err(|e| request_error(e, limit))?;
+            let status = response.status();
+            ctx.logger.log(format!("{:?} {status}", response.version()));
+            // Read only what the result can hold (plus a little, to finish a character).
+            let mut body = Vec::new();
+            let mut truncated = false;
+            while let Some(chunk) = response
+                .chunk()
+                .await
+                .map_err(|e| request_error(e, limit))?
+            {
+                body.extend_from_slice(&chunk);
+                if body.len() > BODY_CAP {
+                    truncated = true;
+                    body.truncate(BODY_CAP + 4);
+                    break;
+                }
+            }
+            Ok::<_, ProcessError>((status, body, truncated))
+        };
+        let (status, body, truncated) = tokio::select! {
+            r = exchange => r?,
+            _ = ctx.cancel.cancelled() => {
+                ctx.logger.log("[raftjob] canceled");
+                return Err(ProcessError::Canceled);
+            }
+            // reqwest enforces the timeout too; this also bounds what reqwest's does not
+            // (e.g. a slow logger) and keeps the error uniform.
+            _ = sleep_or_forever(limit) => {
+                return Err(ProcessError::Timeout(limit.unwrap_or_default()));
+            }
+        };
+        let elapsed = started.elapsed().as_millis();
+
+        let mut text = String::from_utf8_lossy(&body).into_owned();
+        let truncated = truncate_on_char_boundary(&mut text, BODY_CAP) || truncated;
+        let mut result = format!("status {} in {elapsed} ms", status.as_u16());
+        if !text.is_empty() {
+            result.push('\n');
+            result.push_str(&text);
+        }
+        if truncated {
+            result.push_str("\n(truncated)");
+        }
+        Ok(if self.expect_status.contains(&status.as_u16()) {
+            ProcessOutcome::success(result)
+        } else {
+            ProcessOutcome::failure(result)
+        })
+    }
+}
+
+async fn sleep_or_forever(limit: Option<Duration>) {
+    match limit {
+        Some(d) => tokio::time::sleep(d).await,
+        None => std::future::pending().await,
+    }
+}
+
+/// reqwest's error with its causes ("error sending request: connection refused"), or a
+/// Timeout when reqwest's own timer fired.
+fn request_error(e: reqwest::Error, limit: Option<Duration>) -> ProcessError {
+    if e.is_timeout() {
+        if let Some(limit) = limit {
+            return ProcessError::Timeout(limit);
+        }
+    }
+    let mut message = e.to_string();
+    let mut source = std::error::Error::source(&e);
+    while let Some(cause) = source {
+        let cause_text = cause.to_string();
+        if !message.contains(&cause_text) {
+            message.push_str(": ");
+            message.push_str(&cause_text);
+        }
+        source = cause.source();
+    }
+    ProcessError::Http(message)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::test_support::{context, drain};
+    use super::*;
+    use axum::http::{HeaderMap as AxumHeaders, StatusCode};
+    use axum::routing::{any, get};
+    use axum::Router;
+
+    /// A server on 127.0.0.1:0 for this test; returns its base URL.
+    async fn server() -> String {
+        let app = Router::new()
+            .route("/ok", get(|| async { "hello" }))
+            .route(
+                "/teapot",
+                get(|| async { (StatusCode::IM_A_TEAPOT, "short and stout") }),
+            )
+            .route("/empty", get(|| async { StatusCode::NO_CONTENT }))
+            // 6001 bytes: one ASCII byte then two-byte characters, so byte 4096 falls inside
+            // a character.
+            .route("/big", get(|| async { format!("a{}", "é".repeat(3000)) }))
+            .route(
+                "/echo",
+                any(
+                    |method: axum::http::Method, headers: AxumHeaders, body: String| async move {
+                        let token = headers
+                            .get("x-token")
+                            .and_then(|v| v.to_str().ok())
+                            .unwrap_or("-")
+                            .to_string();
+                        format!("{method} {token} {body}")
+                    },
+                ),
+            )
+            .route(
+                "/slow",
+                get(|| async {
+                    tokio::time::sleep(Duration::from_secs(30)).await;
+                    "late"
+                }),
+            );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            let _ = axum::serve(listener, app).await;
+        });
+        format!("http://{addr}")
+    }
+
+    fn get_(url: String, expect: Vec<u16>) -> HttpProcessor {
+        HttpProcessor::new("GET", url, BTreeMap::new(), None, expect)
+    }
+
+    #[tokio::test]
+    async fn expected_status_is_success() {
+        let base = server().await;
+        let (ctx, mut rx) = context(Some(Duration::from_secs(10)));
+        let outcome = get_(format!("{base}/ok"), vec![200])
+            .process(ctx)
+            .await
+            .expect("runs");
+        assert!(outcome.success, "{outcome:?}");
+        let (head, body) = outcome
+            .result
+            .split_once('\n')
+            .expect("status line and body");
+        assert!(
+            head.starts_with("status 200 in ") && head.ends_with(" ms"),
+            "{head}"
+        );
+        assert_eq!(body, "hello");
+        assert_eq!(
+            drain(&mut rx),
+            vec![format!("HTTP GET {base}/ok"), "HTTP/1.1 200 OK".to_string()]
+        );
+
+        let (ctx, _rx) = context(None);
+        let outcome = get_(format!("{base}/empty"), vec![200, 204])
+            .process(ctx)
+            .await
+            .expect("runs");
+        assert!(outcome.success);
+        assert!(outcome.result.starts_with("status 204 in "));
+        assert!(!outcome.result.contains('\n'));
+    }
+
+    #[tokio::test]
+    async fn method_headers_and_body_are_sent() {
+        let base = server().await;
+        let p = HttpProcessor::new(
+            "post",
+            format!("{base}/echo"),
+            BTreeMap::from([("X-Token".to_string(), "s3cret".to_string())]),
+            Some("payload".into()),
+            vec![200],
+        );
+        let (ctx, mut rx) = context(None);
+        let outcome = p.process(ctx).await.expect("runs");
+        assert!(outcome.success);
+        assert!(
+            outcome.result.ends_with("\nPOST s3cret payload"),
+            "{}",
+            outcome.result
+        );
+        assert_eq!(drain(&mut rx)[0], format!("HTTP POST {base}/echo"));
+    }
+
+    #[tokio::test]
+    async fn unexpected_status_is_failure() {
+        let base = server().await;
+        let (ctx, _rx) = context(None);
+        let outcome = get_(format!("{base}/teapot"), vec![200])
+            .process(ctx)
+            .await
+            .expect("runs");
+        assert!(!outcome.success);
+        assert!(
+            outcome.result.starts_with("status 418 in "),
+            "{}",
+            outcome.result
+        );
+        assert!(outcome.result.ends_with("\nshort and stout"));
+    }
+
+    #[tokio::test]
+    async fn body_is_truncated_on_a_char_boundary() {
+        let base = server().await;
+        let (ctx, _rx) = context(None);
+        let outcome = get_(format!("{base}/big"), vec![200])
+            .process(ctx)
+            .await
+            .expect("runs");
+        assert!(outcome.success);
+        let (_, rest) = outcome.result.split_once('\n').unwrap();
+        let body = rest
+            .strip_suffix("\n(truncated)")
+            .expect("marked truncated");
+        assert!(
+            body.len() <= BODY_CAP && body.len() > BODY_CAP - 4,
+            "{}",
+            body.len()
+        );
+        assert!(body.starts_with("aé"));
+        assert!(body[1..].chars().all(|c| c == 'é'));
+    }
+
+    #[tokio::test]
+    async fn timeout_is_enforced() {
+        let base = server().await;
+        let (ctx, _rx) = context(Some(Duration::from_millis(300)));
+        let started = Instant::now();
+        let err = get_(format!("{base}/slow"), vec![200])
+            .process(ctx)
+            .await
+            .expect_err("times out");
+        assert!(
+            matches!(err, ProcessError::Timeout(d) if d == Duration::from_millis(300)),
+            "{err}"
+        );
+        assert!(started.elapsed() < Duration::from_secs(10));
+    }
+
+    #[tokio::test]
+    async fn cancellation_is_prompt() {
+        let base = server().await;
+        let (ctx, _rx) = context(None);
+        let cancel = ctx.cancel.clone();
+        let p = get_(format!("{base}/slow"), vec![200]);
+        let task = tokio::spawn(async move { p.process(ctx).await });
+        cancel.cancel();
+        let err = tokio::time::timeout(Duration::from_secs(10), task)
+            .await
+            .expect("prompt")
+            .unwrap()
+            .expect_err("canceled");
+        assert!(matches!(err, ProcessError::Canceled), "{err}");
+    }
+
+    #[tokio::test]
+    async fn clear_errors() {
+        let (ctx, _rx) = context(None);
+        let err = get_("https://example.com/".into(), vec![200])
+            .process(ctx)
+            .await
+            .expect_err("no TLS");
+        assert!(err.to_string().contains("TLS is not enabled"), "{err}");
+
+        let (ctx, _rx) = context(None);
+        let err = get_("not a url".into(), vec![200])
+            .process(ctx)
+            .await
+            .expect_err("bad URL");
+        assert!(err.to_string().contains("invalid URL"), "{err}");
+
+        let (ctx, _rx) = context(None);
+        let p = HttpProcessor::new(
+            "GE T",
+            "http://127.0.0.1:1/",
+            BTreeMap::new(),
+            None,
+            vec![200],
+        );
+        let err = p.process(ctx).await.expect_err("bad method");
+        assert!(err.to_string().contains("invalid HTTP method"), "{err}");
+
+        // Nothing listens on port 1.
+        let (ctx, _rx) = context(Some(Duration::from_secs(10)));
+        let err = get_("http://127.0.0.1:1/".into(), vec![200])
+            .process(ctx)
+            .await
+            .expect_err("refused");
+        assert!(matches!(err, ProcessError::Http(_)), "{err}");
+        assert!(err.to_string().to_lowercase().contains("refused"), "{err}");
+    }
+}

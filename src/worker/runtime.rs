@@ -1,0 +1,588 @@
+//! The worker's core: session, fencing, held attempts, leases, execution, reports.
+
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+use super::config::WorkerConfig;
+use super::processor::{
+    InstanceLogger, ProcessContext, ProcessError, ProcessOutcome, Processor, Registry,
+};
+use super::transport::{Link, TransportError};
+use crate::protocol::{
+    AttemptRef, Dispatch, DispatchAck, Heartbeat, Register, Registered, Report, ServerMsg,
+    StopAttempt, WorkerMsg,
+};
+use crate::state::{AttemptEvent, InstanceId, LogLine};
+
+#[derive(Debug, thiserror::Error)]
+pub enum WorkerError {
+    #[error("worker configuration: {0}")]
+    Config(String),
+    /// The cluster does not offer this worker's protocol.
+    #[error("the servers do not offer the {wanted} protocol; they offer: {offered}. Start the worker with --protocol {offered_first}, or enable {wanted} on the servers")]
+    ProtocolNotOffered {
+        wanted: String,
+        offered: String,
+        offered_first: String,
+    },
+    #[error("registration refused ({code}): {message}")]
+    Refused { code: String, message: String },
+    #[error("cannot listen on {addr}: {source}")]
+    Listen {
+        addr: String,
+        source: std::io::Error,
+    },
+    #[error("no server answered at {servers}: {last}")]
+    Unreachable { servers: String, last: String },
+}
+
+/// What the server told us at registration.
+#[derive(Debug, Clone)]
+pub(crate) struct Session {
+    pub worker_id: String,
+    pub cluster_id: String,
+    pub credential: String,
+    pub heartbeat: Duration,
+    pub lease: Duration,
+}
+
+struct Held {
+    token: crate::state::FencingToken,
+    cancel: CancellationToken,
+    lease_deadline: Instant,
+    stop_requested: bool,
+}
+
+pub(crate) struct Core {
+    pub cfg: WorkerConfig,
+    registry: Registry,
+    pub link: Link,
+    pub session: Mutex<Option<Session>>,
+    /// Highest term seen per cluster id: dispatches from lower terms are refused.
+    term_seen: Mutex<HashMap<String, u64>>,
+    held: Mutex<HashMap<(InstanceId, u32), Held>>,
+    /// Why the worker stopped, when it was not asked to.
+    fatal: Mutex<Option<WorkerError>>,
+    /// Attempts accepted recently, so a second dispatch of one is refused.
+    seen: Mutex<Seen>,
+    pub shutdown: CancellationToken,
+}
+
+/// The attempts a worker accepted, bounded: the oldest are forgotten past [`SEEN_LIMIT`].
+/// A duplicate dispatch arrives within moments of the first (a retried send), never
+/// after a hundred thousand newer attempts.
+#[derive(Default)]
+struct Seen {
+    set: HashSet<(InstanceId, u32)>,
+    order: std::collections::VecDeque<(InstanceId, u32)>,
+}
+
+const SEEN_LIMIT: usize = 100_000;
+
+impl Seen {
+    fn contains(&self, key: &(InstanceId, u32)) -> bool {
+        self.set.contains(key)
+    }
+
+    fn insert(&mut self, key: (InstanceId, u32)) {
+        if self.set.insert(key) {
+            self.order.push_back(key);
+            while self.order.len() > SEEN_LIMIT {
+                if let Some(old) = self.order.pop_front() {
+                    self.set.remove(&old);
+                }
+            }
+        }
+    }
+}
+
+/// A worker: configure, register processors, run.
+pub struct Worker {
+    cfg: WorkerConfig,
+    registry: Registry,
+}
+
+impl Worker {
+    pub fn new(cfg: WorkerConfig) -> Result<Self, WorkerError> {
+        cfg.validate()?;
+        Ok(Self {
+            cfg,
+            registry: Registry::new(),
+        })
+    }
+
+    /// Registers a custom processor under `name` (jobs name it in `{"type":"custom","name":...}`).
+    pub fn register(&mut self, name: impl Into<String>, processor: impl Processor) -> &mut Self {
+        self.registry.register(name, processor);
+        self
+    }
+
+    /// Runs until `shutdown` is cancelled. Fails at once on a configuration the
+    /// cluster refuses (protocol not offered, wrong token, incompatible version).
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let link = Link::new(&self.cfg);
+        let core = Arc::new(Core {
+            cfg: self.cfg,
+            registry: self.registry,
+            link,
+            session: Mutex::new(None),
+            term_seen: Mutex::default(),
+            held: Mutex::default(),
+            fatal: Mutex::default(),
+            seen: Mutex::default(),
+            shutdown: shutdown.clone(),
+        });
+        core.link.bind(&core);
+        core.link.discover(&core.cfg).await?;
+        if core.cfg.protocol == "http" {
+            let addr = super::endpoint::start(core.clone()).await?;
+            core.link.set_own_address(addr);
+        }
+        core.clone().register().await?;
+        let watchdog = tokio::spawn(core.clone().lease_watchdog());
+        core.clone().heartbeat_loop().await;
+        watchdog.abort();
+        // Stopping: kill what still runs.
+        for h in core.held.lock().expect("held lock").values() {
+            h.cancel.cancel();
+        }
+        let fatal = core.fatal.lock().expect("fatal lock").take();
+        match fatal {
+            Some(e) => Err(e),
+            None => Ok(()),
+        }
+    }
+}
+
+impl Core {
+    pub fn session(&self) -> Option<Session> {
+        self.session.lock().expect("session lock").clone()
+    }
+
+    fn observe_term(&self, cluster_id: &str, term: u64) {
+        let mut seen = self.term_seen.lock().expect("term lock");
+        let t = seen.entry(cluster_id.to_string()).or_insert(0);
+        *t = (*t).max(term);
+    }
+
+    pub fn highest_term(&self, cluster_id: &str) -> u64 {
+        self.term_seen
+            .lock()
+            .expect("term lock")
+            .get(cluster_id)
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Registers (again); refusals that a retry cannot fix end the worker.
+    async fn register(self: Arc<Self>) -> Result<(), WorkerError> {
+        let msg = WorkerMsg::Register(Register {
+            app: self.cfg.app.clone(),
+            token: self.cfg.token.clone(),
+            name: self.cfg.name.clone(),
+            protocol: self.cfg.protocol.clone(),
+            version: self.cfg.version.clone(),
+            tag: self.cfg.tag.clone(),
+            address: self.link.own_address(),
+            max_concurrency: self.cfg.max_concurrency,
+        });
+        let mut delay = Duration::from_millis(100);
+        loop {
+            match self.link.call(msg.clone()).await {
+                Ok(ServerMsg::Registered(r)) => {
+                    self.on_registered(r);
+                    return Ok(());
+                }
+                Ok(ServerMsg::Refused { code, message })
+                    if code != "unavailable" && code != "not_ready" =>
+                {
+                    return Err(WorkerError::Refused { code, message });
+                }
+                Ok(other) => {
+                    tracing::info!(answer = ?other, "Registration not accepted yet; retrying.")
+                }
+                Err(e) => tracing::info!(error = %e, "Registration failed; retrying."),
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return Ok(()),
+                _ = tokio::time::sleep(delay) => {}
+            }
+            delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    fn on_registered(&self, r: Registered) {
+        self.observe_term(&r.cluster_id, r.term);
+        let heartbeat =
+            Duration::from_millis(self.cfg.heartbeat_ms.unwrap_or(r.heartbeat_ms).max(10));
+        tracing::info!(worker = %r.worker_id, cluster = %r.cluster_id, term = r.term, protocol = %self.cfg.protocol, "Registered.");
+        *self.session.lock().expect("session lock") = Some(Session {
+            worker_id: r.worker_id,
+            cluster_id: r.cluster_id,
+            credential: r.credential,
+            heartbeat,
+            lease: Duration::from_millis(r.lease_ms),
+        });
+    }
+
+    async fn heartbeat_loop(self: Arc<Self>) {
+        loop {
+            let Some(session) = self.session() else {
+                return;
+            };
+            let held: Vec<AttemptRef> = self
+                .held
+                .lock()
+                .expect("held lock")
+                .iter()
+                .map(|((i, a), h)| AttemptRef {
+                    instance_id: *i,
+                    attempt: *a,
+                    token: h.token,
+                })
+                .collect();
+            let sent_at = Instant::now();
+            let msg = WorkerMsg::Heartbeat(Heartbeat {
+                worker_id: session.worker_id.clone(),
+                credential: session.credential.clone(),
+                held: held.clone(),
+                running: held.len() as u32,
+                max_concurrency: self.cfg.max_concurrency,
+            });
+            match self.link.call(msg).await {
+                Ok(ServerMsg::HeartbeatAck(ack)) => {
+                    self.observe_term(&ack.cluster_id, ack.term);
+                    self.link.learn_servers(&ack.servers);
+                    let revoked: HashSet<(InstanceId, u32)> = ack
+                        .revoke
+                        .iter()
+                        .map(|a| (a.instance_id, a.attempt))
+                        .collect();
+                    let mut map = self.held.lock().expect("held lock");
+                    for a in &held {
+                        let Some(h) = map.get_mut(&(a.instance_id, a.attempt)) else {
+                            continue;
+                        };
+                        if revoked.contains(&(a.instance_id, a.attempt)) {
+                            tracing::info!(
+                                instance_id = a.instance_id,
+                                attempt = a.attempt,
+                                "Attempt revoked by the leader; stopping it."
+                            );
+                            h.stop_requested = true;
+                            h.cancel.cancel();
+                        } else if ack.renewed {
+                            // Measured from when the heartbeat left: never longer than the leader's view.
+                            h.lease_deadline = sent_at + Duration::from_millis(ack.lease_ms);
+                        }
+                    }
+                }
+                Ok(ServerMsg::Refused { code, message }) => {
+                    tracing::warn!(%code, %message, "Heartbeat refused; registering again.");
+                    if let Err(e) = self.clone().register().await {
+                        tracing::error!(error = %e, "Registration refused; stopping the worker.");
+                        *self.fatal.lock().expect("fatal lock") = Some(e);
+                        self.shutdown.cancel();
+                    }
+                }
+                Ok(other) => tracing::debug!(answer = ?other, "Unexpected heartbeat answer."),
+                Err(e) => tracing::warn!(error = %e, "Heartbeat failed; looking for the leader."),
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(session.heartbeat.saturating_sub(sent_at.elapsed())) => {}
+            }
+        }
+    }
+
+    /// Kills attempts whose lease ran out: the leader may soon dispatch them elsewhere.
+    async fn lease_watchdog(self: Arc<Self>) {
+        loop {
+            let now = Instant::now();
+            for ((i, a), h) in self.held.lock().expect("held lock").iter() {
+                if h.lease_deadline <= now && !h.cancel.is_cancelled() {
+                    tracing::warn!(
+                        instance_id = i,
+                        attempt = a,
+                        "Lease lost (no renewal from the leader); killing the attempt."
+                    );
+                    h.cancel.cancel();
+                }
+            }
+            tokio::select! {
+                _ = self.shutdown.cancelled() => return,
+                _ = tokio::time::sleep(Duration::from_millis(50)) => {}
+            }
+        }
+    }
+
+    /// Fences and accepts (or refuses) a dispatch, then runs it in the background.
+    pub fn accept(self: &Arc<Self>, d: Dispatch) -> DispatchAck {
+        let refuse = |reason: String, term_seen: u64| {
+            tracing::warn!(instance_id = d.attempt.instance_id, attempt = d.attempt.attempt, term = d.term, %reason, "Refused a dispatch.");
+            DispatchAck {
+                accepted: false,
+                reason: Some(reason),
+                term_seen,
+            }
+        };
+        let Some(session) = self.session() else {
+            return refuse("not registered".into(), 0);
+        };
+        if d.cluster_id != session.cluster_id {
+            return refuse(
+                format!(
+                    "dispatch from cluster {} but this worker belongs to {}",
+                    d.cluster_id, session.cluster_id
+                ),
+                0,
+            );
+        }
+        let highest = self.highest_term(&d.cluster_id);
+        if d.term < highest || d.attempt.token.term != d.term {
+            return refuse(
+                format!("stale term {} (highest seen {highest})", d.term),
+                highest,
+            );
+        }
+        self.observe_term(&d.cluster_id, d.term);
+        let key = (d.attempt.instance_id, d.attempt.attempt);
+        let cancel = CancellationToken::new();
+        {
+            // Checked and recorded under the locks together, so concurrent dispatches
+            // can neither both pass the limit nor both take one attempt.
+            let mut seen = self.seen.lock().expect("seen lock");
+            if seen.contains(&key) {
+                return refuse("this attempt was already dispatched here".into(), d.term);
+            }
+            let mut held = self.held.lock().expect("held lock");
+            if held.len() as u32 >= self.cfg.max_concurrency {
+                return refuse(
+                    format!("at the concurrency limit ({})", self.cfg.max_concurrency),
+                    d.term,
+                );
+            }
+            seen.insert(key);
+            let lease_deadline = Instant::now() + Duration::from_millis(d.lease_ms);
+            held.insert(
+                key,
+                Held {
+                    token: d.attempt.token,
+                    cancel: cancel.clone(),
+                    lease_deadline,
+                    stop_requested: false,
+                },
+            );
+        }
+        tokio::spawn(self.clone().execute(d, cancel));
+        DispatchAck {
+            accepted: true,
+            reason: None,
+            term_seen: self.highest_term(&session.cluster_id),
+        }
+    }
+
+    pub fn stop(&self, s: &StopAttempt) -> DispatchAck {
+        let key = (s.attempt.instance_id, s.attempt.attempt);
+        let term_seen = self.highest_term(&s.cluster_id);
+        let mut held = self.held.lock().expect("held lock");
+        match held.get_mut(&key) {
+            Some(h) if h.token == s.attempt.token => {
+                h.stop_requested = true;
+                h.cancel.cancel();
+                DispatchAck {
+                    accepted: true,
+                    reason: None,
+                    term_seen,
+                }
+            }
+            _ => DispatchAck {
+                accepted: false,
+                reason: Some("not running here".into()),
+                term_seen,
+            },
+        }
+    }
+
+    async fn execute(self: Arc<Self>, d: Dispatch, cancel: CancellationToken) {
+        let attempt = d.attempt;
+        let key = (attempt.instance_id, attempt.attempt);
+        self.report(attempt, AttemptEvent::Running).await;
+        let (log_tx, log_rx) = mpsc::unbounded_channel();
+        let shipper = tokio::spawn(self.clone().ship_logs(attempt, log_rx));
+        let timeout = d.timeout_ms.map(Duration::from_millis);
+        let ctx = ProcessContext {
+            instance_id: attempt.instance_id,
+            attempt: attempt.attempt,
+            job_id: d.job_id,
+            job_params: d.job_params.clone(),
+            instance_params: d.instance_params.clone(),
+            timeout,
+            logger: InstanceLogger::new(log_tx),
+            cancel: cancel.clone(),
+            processor_params: match &d.processor {
+                crate::state::Processor::Custom { params, .. } => params.clone(),
+                _ => serde_json::Value::Null,
+            },
+        };
+        let outcome = match self.registry.resolve(&d.processor) {
+            Err(e) => {
+                drop(ctx); // closes the log channel, so the shipper ends
+                Err(e)
+            }
+            Ok(processor) => {
+                let run = processor.process(ctx);
+                match timeout {
+                    Some(t) => tokio::select! {
+                        r = run => r,
+                        _ = tokio::time::sleep(t) => { cancel.cancel(); Err(ProcessError::Timeout(t)) }
+                    },
+                    None => run.await,
+                }
+            }
+        };
+        let _ = shipper.await;
+        let stopped = self
+            .held
+            .lock()
+            .expect("held lock")
+            .get(&key)
+            .is_some_and(|h| h.stop_requested);
+        let event = match outcome {
+            Ok(ProcessOutcome { success, result }) => AttemptEvent::Finished {
+                success: success && !stopped,
+                result,
+                stopped,
+            },
+            Err(e) => {
+                let lease_lost = cancel.is_cancelled() && !stopped;
+                let result = if lease_lost && !matches!(e, ProcessError::Timeout(_)) {
+                    format!("killed: the worker lost its lease ({e})")
+                } else {
+                    e.to_string()
+                };
+                AttemptEvent::Finished {
+                    success: false,
+                    result,
+                    stopped,
+                }
+            }
+        };
+        self.report(attempt, event).await;
+        self.held.lock().expect("held lock").remove(&key);
+    }
+
+    /// Ships log lines in small batches.
+    async fn ship_logs(
+        self: Arc<Self>,
+        attempt: AttemptRef,
+        mut rx: mpsc::UnboundedReceiver<String>,
+    ) {
+        while let Some(first) = rx.recv().await {
+            let at_ms = chrono::Utc::now().timestamp_millis();
+            let mut lines = vec![LogLine { at_ms, line: first }];
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            while let Ok(l) = rx.try_recv() {
+                lines.push(LogLine {
+                    at_ms: chrono::Utc::now().timestamp_millis(),
+                    line: l,
+                });
+                if lines.len() >= 100 {
+                    break;
+                }
+            }
+            self.report(attempt, AttemptEvent::Log { lines }).await;
+        }
+    }
+
+    /// Sends a report to the leader, following leader changes, until it is acknowledged
+    /// or the attempt's lease would have run out.
+    async fn report(&self, attempt: AttemptRef, event: AttemptEvent) {
+        let deadline = Instant::now()
+            + self
+                .session()
+                .map(|s| s.lease)
+                .unwrap_or(Duration::from_secs(5))
+                * 2;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let Some(session) = self.session() else {
+                return;
+            };
+            let msg = WorkerMsg::Report(Report {
+                worker_id: session.worker_id.clone(),
+                credential: session.credential.clone(),
+                attempt,
+                event: event.clone(),
+            });
+            match self.link.call(msg).await {
+                Ok(ServerMsg::ReportAck(ack)) => {
+                    self.observe_term(&session.cluster_id, ack.term);
+                    if !ack.accepted {
+                        // A stale attempt: make sure it does not keep running.
+                        if let Some(h) = self
+                            .held
+                            .lock()
+                            .expect("held lock")
+                            .get(&(attempt.instance_id, attempt.attempt))
+                        {
+                            h.cancel.cancel();
+                        }
+                    }
+                    return;
+                }
+                Ok(other) => tracing::debug!(answer = ?other, "Report not taken yet; retrying."),
+                Err(e) => tracing::debug!(error = %e, "Report failed; retrying."),
+            }
+            if Instant::now() >= deadline || self.shutdown.is_cancelled() {
+                tracing::warn!(instance_id = attempt.instance_id, "Giving up on a report.");
+                return;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
+        }
+    }
+}
+
+impl From<TransportError> for WorkerError {
+    fn from(e: TransportError) -> Self {
+        match e {
+            TransportError::NotOffered { wanted, offered } => WorkerError::ProtocolNotOffered {
+                offered_first: offered.first().cloned().unwrap_or_default(),
+                offered: offered.join(", "),
+                wanted,
+            },
+            TransportError::Unreachable { servers, last } => {
+                WorkerError::Unreachable { servers, last }
+            }
+            other => WorkerError::Unreachable {
+                servers: String::new(),
+                last: other.to_string(),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::{Seen, SEEN_LIMIT};
+
+    #[test]
+    fn seen_refuses_duplicates_and_forgets_the_oldest_past_the_limit() {
+        let mut seen = Seen::default();
+        seen.insert((1, 1));
+        seen.insert((1, 1));
+        assert!(seen.contains(&(1, 1)));
+        assert_eq!(seen.order.len(), 1, "a duplicate is not recorded twice");
+        for i in 0..SEEN_LIMIT as u64 {
+            seen.insert((i + 10, 1));
+        }
+        assert!(!seen.contains(&(1, 1)), "the oldest is forgotten");
+        assert!(seen.contains(&(SEEN_LIMIT as u64 + 9, 1)));
+        assert_eq!(seen.set.len(), SEEN_LIMIT);
+    }
+}

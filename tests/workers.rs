@@ -1,0 +1,721 @@
+//! Workers and fenced dispatch, with real server and worker processes on loopback.
+//! Run one at a time (`--test-threads=1`).
+
+mod common;
+
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::{json, Value};
+
+const READY: Duration = Duration::from_secs(30);
+const RUN: Duration = Duration::from_secs(30);
+
+async fn cluster() -> TestCluster {
+    let c = TestCluster::start_with(3, FAST_WORKERS);
+    c.wait_ready(&[1, 2, 3], READY).await;
+    c
+}
+
+async fn create_job(c: &TestCluster, spec: Value) -> (u64, Value) {
+    let v = c.client().create_job(&spec).await.unwrap();
+    (v["id"].as_u64().unwrap(), v)
+}
+
+#[tokio::test]
+async fn shell_jobs_run_over_both_protocols_with_mixed_case_names() {
+    let c = cluster().await;
+    let token = app_token(&c, "shop").await;
+    let (job, created) = create_job(
+        &c,
+        api_job(
+            "shop",
+            "hello",
+            json!({"type": "shell", "command": "echo hello $RAFTJOB_INSTANCE_ID; echo oops >&2"}),
+        ),
+    )
+    .await;
+    let warning = created["warnings"][0]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    assert!(
+        warning.contains("no live worker"),
+        "a job with no worker gets a warning: {created}"
+    );
+
+    let _ws = TestWorker::start(&c, "shop", &token, "WS", "w-ws", &[]);
+    wait_workers_live(&c, "shop", 1).await;
+    let (_, created) = create_job(
+        &c,
+        api_job(
+            "shop",
+            "hello2",
+            json!({"type": "shell", "command": "true"}),
+        ),
+    )
+    .await;
+    assert!(
+        created["warnings"][0]
+            .as_str()
+            .unwrap_or_default()
+            .contains("only one live worker"),
+        "{created}"
+    );
+    let _http = TestWorker::start(&c, "shop", &token, "Http", "w-http", &[]);
+    wait_workers_live(&c, "shop", 2).await;
+
+    let mut seen_workers = std::collections::BTreeSet::new();
+    for _ in 0..4 {
+        let id = run_job(&c, job, json!(null)).await;
+        let inst = wait_terminal(&c, id, RUN).await;
+        assert_eq!(inst["status"], "succeeded", "{inst}");
+        assert!(
+            inst["result"]
+                .as_str()
+                .unwrap()
+                .contains(&format!("hello {id}")),
+            "{inst}"
+        );
+        let attempt = &inst["attempts"][0];
+        assert!(attempt["fencing_token"]["term"].as_u64().unwrap() >= 1);
+        assert!(
+            inst["dispatched_at_ms"].is_i64()
+                && inst["started_at_ms"].is_i64()
+                && inst["finished_at_ms"].is_i64()
+        );
+        seen_workers.insert(attempt["worker"].as_str().unwrap().to_string());
+        let logs = eventually(RUN, "log lines", || {
+            let client = c.client();
+            async move {
+                let v = client
+                    .get(&format!("/api/v1/instances/{id}/logs"))
+                    .await
+                    .ok()?;
+                (v["lines"].as_array()?.len() >= 2).then_some(v)
+            }
+        })
+        .await;
+        let text = logs["lines"].to_string();
+        assert!(
+            text.contains("hello") && text.contains("[stderr] oops"),
+            "{logs}"
+        );
+    }
+    assert_eq!(
+        seen_workers.len(),
+        2,
+        "health-first spreads work over both protocols: {seen_workers:?}"
+    );
+
+    let workers = c.client().get("/api/v1/workers?app=shop").await.unwrap();
+    let protocols: Vec<&str> = workers["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|w| w["protocol"].as_str().unwrap())
+        .collect();
+    assert!(
+        protocols.contains(&"ws") && protocols.contains(&"http"),
+        "{workers}"
+    );
+}
+
+#[tokio::test]
+async fn http_and_custom_processors_run_end_to_end() {
+    use axum::routing::get;
+    let c = cluster().await;
+    let token = app_token(&c, "web").await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let target = listener.local_addr().unwrap();
+    tokio::spawn(async move {
+        let app = axum::Router::new().route(
+            "/made",
+            get(|| async { (axum::http::StatusCode::CREATED, "made it") }),
+        );
+        axum::serve(listener, app).await.unwrap();
+    });
+    let _w = TestWorker::start_example(&c, "web", &token, "ws", "embedded", &[]);
+    wait_workers_live(&c, "web", 1).await;
+
+    let (http_job, _) = create_job(
+        &c,
+        api_job("web", "call", json!({"type": "http", "method": "GET", "url": format!("http://{target}/made"), "expect_status": [201]})),
+    )
+    .await;
+    let inst = wait_terminal(&c, run_job(&c, http_job, json!(null)).await, RUN).await;
+    assert_eq!(inst["status"], "succeeded", "{inst}");
+    assert!(
+        inst["result"].as_str().unwrap().contains("status 201")
+            && inst["result"].as_str().unwrap().contains("made it"),
+        "{inst}"
+    );
+
+    let (wrong, _) = create_job(
+        &c,
+        api_job("web", "call-wrong", json!({"type": "http", "method": "GET", "url": format!("http://{target}/made"), "expect_status": [200]})),
+    )
+    .await;
+    let inst = wait_terminal(&c, run_job(&c, wrong, json!(null)).await, RUN).await;
+    assert_eq!(
+        inst["status"], "failed",
+        "an unexpected status fails: {inst}"
+    );
+
+    let (greet, _) = create_job(
+        &c,
+        api_job("web", "greet", json!({"type": "custom", "name": "greet"})),
+    )
+    .await;
+    let inst = wait_terminal(
+        &c,
+        run_job(&c, greet, json!({"params": {"name": "Ada"}})).await,
+        RUN,
+    )
+    .await;
+    assert_eq!(
+        (inst["status"].as_str(), inst["result"].as_str()),
+        (Some("succeeded"), Some("hello, Ada")),
+        "{inst}"
+    );
+
+    let (missing, _) = create_job(
+        &c,
+        api_job("web", "missing", json!({"type": "custom", "name": "nope"})),
+    )
+    .await;
+    let inst = wait_terminal(&c, run_job(&c, missing, json!(null)).await, RUN).await;
+    assert_eq!(inst["status"], "failed");
+    assert!(
+        inst["result"].as_str().unwrap().contains("greet"),
+        "names the registered processors: {inst}"
+    );
+}
+
+#[tokio::test]
+async fn protocol_version_and_token_mismatches_are_refused_at_startup() {
+    let mut c = TestCluster::new(3, FAST_WORKERS);
+    for n in &mut c.nodes {
+        n.transports.remove("ws");
+        n.start();
+    }
+    c.wait_ready(&[1, 2, 3], READY).await;
+    let token = app_token(&c, "a").await;
+    let http_port = c.nodes[0].transports["http"].to_string();
+
+    let mut w = TestWorker::start(&c, "a", &token, "ws", "x", &["--servers", &http_port]);
+    assert_eq!(
+        w.wait_exit(Duration::from_secs(20)),
+        Some(1),
+        "{}",
+        w.log_text()
+    );
+    assert!(
+        w.log_text().contains("they offer: http"),
+        "names what is offered:\n{}",
+        w.log_text()
+    );
+
+    let mut w = TestWorker::start(&c, "a", "rjw_wrong", "http", "y", &[]);
+    assert_eq!(w.wait_exit(Duration::from_secs(20)), Some(1));
+    assert!(
+        w.log_text().contains("wrong worker token"),
+        "{}",
+        w.log_text()
+    );
+
+    let mut w = TestWorker::start(
+        &c,
+        "a",
+        &token,
+        "HTTP",
+        "z",
+        &["--version-override", "9.0.0"],
+    );
+    assert_eq!(w.wait_exit(Duration::from_secs(20)), Some(1));
+    let log = w.log_text();
+    assert!(
+        log.contains("9.0.0") && log.contains(env!("CARGO_PKG_VERSION")),
+        "names both versions:\n{log}"
+    );
+}
+
+#[tokio::test]
+async fn no_worker_available_fails_with_the_reason() {
+    let c = cluster().await;
+    let token = app_token(&c, "lonely").await;
+    let (job, _) = create_job(
+        &c,
+        api_job("lonely", "j", json!({"type": "shell", "command": "true"})),
+    )
+    .await;
+    let inst = wait_terminal(&c, run_job(&c, job, json!(null)).await, RUN).await;
+    assert_eq!(inst["status"], "failed");
+    assert!(
+        inst["result"]
+            .as_str()
+            .unwrap()
+            .contains("no worker has ever registered for app lonely"),
+        "{inst}"
+    );
+
+    let mut w = TestWorker::start(&c, "lonely", &token, "http", "untagged", &[]);
+    wait_workers_live(&c, "lonely", 1).await;
+    let mut tagged = api_job(
+        "lonely",
+        "tagged",
+        json!({"type": "shell", "command": "true"}),
+    );
+    tagged["worker_tag"] = json!("gpu");
+    let (tagged, _) = create_job(&c, tagged).await;
+    let inst = wait_terminal(&c, run_job(&c, tagged, json!(null)).await, RUN).await;
+    assert!(
+        inst["result"].as_str().unwrap().contains("has tag gpu"),
+        "{inst}"
+    );
+
+    w.kill();
+    eventually(RUN, "the worker is lost", || {
+        let client = c.client();
+        async move {
+            let v = client.get("/api/v1/workers?app=lonely").await.ok()?;
+            (v["workers"][0]["state"] == "lost").then_some(())
+        }
+    })
+    .await;
+    let inst = wait_terminal(&c, run_job(&c, job, json!(null)).await, RUN).await;
+    assert!(
+        inst["result"].as_str().unwrap().contains("all are lost"),
+        "{inst}"
+    );
+}
+
+#[tokio::test]
+async fn a_killed_worker_s_attempt_is_retried_on_another_worker() {
+    let c = cluster().await;
+    let token = app_token(&c, "r").await;
+    let mut first = TestWorker::start(&c, "r", &token, "ws", "first", &[]);
+    wait_workers_live(&c, "r", 1).await;
+    let mut spec = api_job(
+        "r",
+        "long",
+        json!({"type": "shell", "command": "sleep 3; echo done"}),
+    );
+    spec["retries"] = json!(1);
+    let (job, _) = create_job(&c, spec).await;
+    let id = run_job(&c, job, json!(null)).await;
+    wait_status(&c, id, "running", RUN).await;
+    let _second = TestWorker::start(&c, "r", &token, "http", "second", &[]);
+    wait_workers_live(&c, "r", 2).await;
+
+    first.kill();
+    let killed = Instant::now();
+    let retried = eventually(RUN, "a second attempt", || {
+        let client = c.client();
+        async move {
+            let v = client.get(&format!("/api/v1/instances/{id}")).await.ok()?;
+            (v["attempts"].as_array()?.len() == 2).then_some(v)
+        }
+    })
+    .await;
+    println!(
+        "worker kill -9 to retry dispatched elsewhere: {:?}",
+        killed.elapsed()
+    );
+    assert!(
+        retried["attempts"][0]["result"]
+            .as_str()
+            .unwrap()
+            .contains("worker r/first lost"),
+        "{retried}"
+    );
+    assert_eq!(retried["attempts"][1]["worker"], "r/second");
+    let done = wait_terminal(&c, id, RUN).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+}
+
+#[tokio::test]
+async fn stop_cancel_and_retry() {
+    let c = cluster().await;
+    let token = app_token(&c, "s").await;
+    let _w = TestWorker::start(&c, "s", &token, "http", "w", &[]);
+    wait_workers_live(&c, "s", 1).await;
+    let pid_file = c.dir.path().join("pid");
+    let cmd = format!("sleep 30 & echo $! > {}; wait", pid_file.display());
+    let (job, _) = create_job(
+        &c,
+        api_job("s", "long", json!({"type": "shell", "command": cmd})),
+    )
+    .await;
+    let id = run_job(&c, job, json!(null)).await;
+    wait_status(&c, id, "running", RUN).await;
+    let pid = eventually(RUN, "the pid file", || {
+        let p = pid_file.clone();
+        async move { std::fs::read_to_string(p).ok()?.trim().parse::<u32>().ok() }
+    })
+    .await;
+    let stopping = c
+        .client()
+        .post(&format!("/api/v1/instances/{id}/stop"), &json!(null))
+        .await
+        .unwrap();
+    assert!(
+        ["stopping", "stopped"].contains(&stopping["status"].as_str().unwrap()),
+        "{stopping}"
+    );
+    let done = wait_terminal(&c, id, RUN).await;
+    assert_eq!(done["status"], "stopped", "{done}");
+    eventually(RUN, "the job's child process killed", || async move {
+        process_dead(pid).then_some(())
+    })
+    .await;
+
+    let delayed = run_job(&c, job, json!({"delay_ms": 60000})).await;
+    let conflict = c
+        .client()
+        .post(&format!("/api/v1/instances/{id}/cancel"), &json!(null))
+        .await
+        .unwrap_err();
+    assert_eq!(
+        conflict.status(),
+        Some(409),
+        "a finished instance cannot be canceled"
+    );
+    let canceled = c
+        .client()
+        .post(&format!("/api/v1/instances/{delayed}/cancel"), &json!(null))
+        .await
+        .unwrap();
+    assert_eq!(canceled["status"], "canceled");
+
+    let retry = c
+        .client()
+        .post(&format!("/api/v1/instances/{id}/retry"), &json!(null))
+        .await
+        .unwrap();
+    let new_id = retry["instance_id"].as_u64().unwrap();
+    let v = c
+        .client()
+        .get(&format!("/api/v1/instances/{new_id}"))
+        .await
+        .unwrap();
+    assert_eq!(v["trigger"], json!({"type": "retry", "of": id}));
+    let listed = c
+        .client()
+        .get(&format!("/api/v1/instances?job_id={job}&status=canceled"))
+        .await
+        .unwrap();
+    assert_eq!(listed["instances"].as_array().unwrap().len(), 1);
+}
+
+#[tokio::test]
+async fn broadcast_runs_on_every_live_worker() {
+    let c = cluster().await;
+    let token = app_token(&c, "b").await;
+    let _w1 = TestWorker::start(&c, "b", &token, "ws", "one", &[]);
+    let _w2 = TestWorker::start(&c, "b", &token, "http", "two", &[]);
+    wait_workers_live(&c, "b", 2).await;
+    let mut spec = api_job(
+        "b",
+        "everywhere",
+        json!({"type": "shell", "command": "echo on $RAFTJOB_ATTEMPT"}),
+    );
+    spec["execution_mode"] = json!("broadcast");
+    let (job, _) = create_job(&c, spec).await;
+    let inst = wait_terminal(&c, run_job(&c, job, json!(null)).await, RUN).await;
+    assert_eq!(inst["status"], "succeeded", "{inst}");
+    let workers: std::collections::BTreeSet<&str> = inst["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["worker"].as_str().unwrap())
+        .collect();
+    assert_eq!(workers.len(), 2, "{inst}");
+    let result = inst["result"].as_str().unwrap();
+    assert!(
+        result.contains("b/one") && result.contains("b/two"),
+        "{inst}"
+    );
+}
+
+/// Kills the leader while four instances run on two workers (one per protocol); each
+/// must finish once. With `one_server`, each worker is configured with node 1 only.
+async fn leader_kill_while_instances_run(one_server: bool) {
+    // A lease must outlast a leader failover (about 1 s) plus finding the new leader,
+    // so this test uses 4 s rather than the 1.5 s of FAST_WORKERS.
+    let mut c = TestCluster::start_with(
+        3,
+        &[
+            "--worker-heartbeat-ms",
+            "200",
+            "--worker-lease-ms",
+            "4000",
+            "--worker-grace-ms",
+            "700",
+            "--no-worker-timeout-ms",
+            "1500",
+        ],
+    );
+    c.wait_ready(&[1, 2, 3], READY).await;
+    let token = app_token(&c, "f").await;
+    let first_ws = c.nodes[0].transports["ws"].to_string();
+    let first_http = c.nodes[0].transports["http"].to_string();
+    let (ws_extra, http_extra) = if one_server {
+        (
+            vec!["--servers", first_ws.as_str()],
+            vec!["--servers", first_http.as_str()],
+        )
+    } else {
+        (vec![], vec![])
+    };
+    let _w1 = TestWorker::start(&c, "f", &token, "ws", "one", &ws_extra);
+    let _w2 = TestWorker::start(&c, "f", &token, "http", "two", &http_extra);
+    wait_workers_live(&c, "f", 2).await;
+    let (job, _) = create_job(
+        &c,
+        api_job(
+            "f",
+            "slow",
+            json!({"type": "shell", "command": "sleep 2; echo ok"}),
+        ),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(run_job(&c, job, json!(null)).await);
+    }
+    for id in &ids {
+        wait_status(&c, *id, "running", RUN).await;
+    }
+    let leader = c.leader().await;
+    c.node(leader).kill();
+    for id in &ids {
+        let inst = wait_terminal(&c, *id, RUN).await;
+        assert_eq!(inst["status"], "succeeded", "{inst}");
+        assert_eq!(
+            inst["attempts"].as_array().unwrap().len(),
+            1,
+            "ran once: {inst}"
+        );
+    }
+    let workers = c.client().get("/api/v1/workers?app=f").await.unwrap();
+    for w in workers["workers"].as_array().unwrap() {
+        assert_ne!(
+            w["state"], "lost",
+            "no worker is declared lost because of the election: {workers}"
+        );
+    }
+}
+
+#[tokio::test]
+async fn leader_kill_while_instances_run_loses_and_duplicates_nothing() {
+    leader_kill_while_instances_run(false).await;
+}
+
+/// Known bug (left open in issue #3): a worker configured with a single server that is
+/// the leader sometimes does not reach the new leader before its lease runs out, and
+/// its attempt is lost. Run with `--ignored` to reproduce.
+#[tokio::test]
+#[ignore = "known bug: a worker told about one server does not always follow the leader"]
+async fn leader_kill_with_workers_told_about_one_server() {
+    leader_kill_while_instances_run(true).await;
+}
+
+#[tokio::test]
+async fn a_worker_refuses_stale_terms_and_duplicate_attempts() {
+    let c = cluster().await;
+    let token = app_token(&c, "t").await;
+    let _w = TestWorker::start(&c, "t", &token, "http", "w", &[]);
+    wait_workers_live(&c, "t", 1).await;
+    let (job, _) = create_job(
+        &c,
+        api_job("t", "j", json!({"type": "shell", "command": "true"})),
+    )
+    .await;
+    let id = run_job(&c, job, json!(null)).await;
+    let inst = wait_terminal(&c, id, RUN).await;
+    let token_seen = inst["attempts"][0]["fencing_token"].clone();
+    let term = token_seen["term"].as_u64().unwrap();
+
+    let view = c.client().get("/api/v1/workers?app=t").await.unwrap();
+    let addr = view["workers"][0]["address"].as_str().unwrap().to_string();
+    let cluster_id = c.client().cluster().await.unwrap()["cluster_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let credential = raftjob::server::transport::worker_credential(SECRET, &cluster_id, "t/w");
+    let http = reqwest::Client::new();
+    let send = |term: u64, attempt: u32, cred: String| {
+        let body = json!({"cluster_id": cluster_id, "term": term,
+            "attempt": {"instance_id": id, "attempt": attempt, "token": {"term": term, "index": 1}},
+            "job_id": job, "processor": {"type": "shell", "command": "true"}, "lease_ms": 1000});
+        http.post(format!("http://{addr}/worker/v1/dispatch"))
+            .header("x-raftjob-worker-credential", cred)
+            .json(&body)
+            .send()
+    };
+    let stale: Value = send(term - 1, 7, credential.clone())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(stale["accepted"], false);
+    assert!(
+        stale["reason"].as_str().unwrap().contains("stale term"),
+        "{stale}"
+    );
+    let dup: Value = send(term, 1, credential.clone())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(dup["accepted"], false);
+    assert!(
+        dup["reason"]
+            .as_str()
+            .unwrap()
+            .contains("already dispatched"),
+        "{dup}"
+    );
+    let forged = send(term, 9, "rjc_forged".into()).await.unwrap();
+    assert_eq!(
+        forged.status(),
+        401,
+        "only the cluster's credential is accepted"
+    );
+}
+
+#[tokio::test]
+async fn a_cut_off_worker_kills_its_attempt_before_the_retry_starts_elsewhere() {
+    // Workers reach the servers' ws ports only through proxies the test controls.
+    let mut c = TestCluster::new(3, FAST_WORKERS);
+    let mut proxies = Vec::new();
+    for n in &mut c.nodes {
+        let p = Proxy::start(n.transports["ws"]).await;
+        n.extra_args.extend([
+            "--advertise-transport".to_string(),
+            format!("ws={}", p.addr),
+        ]);
+        proxies.push(p);
+    }
+    for n in &mut c.nodes {
+        n.start();
+    }
+    c.wait_ready(&[1, 2, 3], READY).await;
+    let token = app_token(&c, "cut").await;
+    let via: Vec<String> = proxies.iter().map(|p| p.addr.to_string()).collect();
+    let a = TestWorker::start(
+        &c,
+        "cut",
+        &token,
+        "ws",
+        "behind-proxy",
+        &["--servers", &via.join(",")],
+    );
+    wait_workers_live(&c, "cut", 1).await;
+    let pid_file = c.dir.path().join("cut-pid");
+    let mut spec = api_job(
+        "cut",
+        "long",
+        json!({"type": "shell", "command": format!("sleep 60 & echo $! > {}; wait", pid_file.display())}),
+    );
+    spec["retries"] = json!(1);
+    let (job, _) = create_job(&c, spec).await;
+    let id = run_job(&c, job, json!(null)).await;
+    wait_status(&c, id, "running", RUN).await;
+    let pid = eventually(RUN, "the pid file", || {
+        let p = pid_file.clone();
+        async move { std::fs::read_to_string(p).ok()?.trim().parse::<u32>().ok() }
+    })
+    .await;
+    let _b = TestWorker::start(&c, "cut", &token, "http", "direct", &[]);
+    wait_workers_live(&c, "cut", 2).await;
+
+    // Watch the attempt's process from a plain thread, so the time of death is exact
+    // whatever the test's runtime is doing.
+    let death = std::thread::spawn(move || {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while Instant::now() < deadline {
+            if process_dead(pid) {
+                return Some((Instant::now(), chrono::Utc::now().timestamp_millis()));
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        None
+    });
+    let cut_at = Instant::now();
+    for p in &proxies {
+        p.cut();
+    }
+    let (killed_at, killed_ms) = tokio::task::spawn_blocking(move || death.join().unwrap())
+        .await
+        .unwrap()
+        .expect("the cut-off worker kills its attempt");
+    let killed_after = killed_at - cut_at;
+    let retried = eventually(RUN, "the retry on the other worker", || {
+        let client = c.client();
+        async move {
+            let v = client.get(&format!("/api/v1/instances/{id}")).await.ok()?;
+            v["attempts"][1]["dispatched_at_ms"]
+                .as_i64()
+                .map(|t| (t, v))
+        }
+    })
+    .await;
+    let (retry_ms, inst) = retried;
+    println!(
+        "cut-off worker killed its attempt {killed_after:?} after the cut; retry dispatched {} ms after the kill",
+        retry_ms - killed_ms
+    );
+    if killed_ms > retry_ms {
+        println!("{}", tail(&a.log_text(), 30));
+    }
+    assert!(
+        killed_ms <= retry_ms,
+        "the attempt was killed ({killed_ms}) before the retry was dispatched ({retry_ms}): {inst}"
+    );
+    assert_eq!(inst["attempts"][1]["worker"], "cut/direct");
+    assert!(
+        inst["attempts"][0]["result"]
+            .as_str()
+            .unwrap()
+            .contains("lost"),
+        "{inst}"
+    );
+    c.client()
+        .post(&format!("/api/v1/instances/{id}/stop"), &json!(null))
+        .await
+        .unwrap();
+    let done = wait_terminal(&c, id, RUN).await;
+    assert_eq!(
+        (
+            done["status"].as_str(),
+            done["attempts"].as_array().unwrap().len()
+        ),
+        (Some("stopped"), 2),
+        "{done}"
+    );
+}
+
+#[tokio::test]
+async fn round_robin_alternates_between_workers() {
+    let c = cluster().await;
+    let token = app_token(&c, "rr").await;
+    let _w1 = TestWorker::start(&c, "rr", &token, "ws", "one", &[]);
+    let _w2 = TestWorker::start(&c, "rr", &token, "http", "two", &[]);
+    wait_workers_live(&c, "rr", 2).await;
+    let mut spec = api_job("rr", "j", json!({"type": "shell", "command": "true"}));
+    spec["dispatch_strategy"] = json!("round_robin");
+    let (job, _) = create_job(&c, spec).await;
+    let mut workers = Vec::new();
+    for _ in 0..4 {
+        let inst = wait_terminal(&c, run_job(&c, job, json!(null)).await, RUN).await;
+        assert_eq!(inst["status"], "succeeded", "{inst}");
+        workers.push(inst["attempts"][0]["worker"].as_str().unwrap().to_string());
+    }
+    for pair in workers.windows(2) {
+        assert_ne!(pair[0], pair[1], "round robin alternates: {workers:?}");
+    }
+}
