@@ -29,11 +29,14 @@ find_libclang() {
     # An explicit LIBCLANG_PATH (honoured by bindgen) wins.
     if [ -n "${LIBCLANG_PATH:-}" ]; then
         for f in "$LIBCLANG_PATH"/libclang*.so*; do
+            case "$f" in *libclang-cpp*) continue ;; esac
             [ -e "$f" ] && { echo "$f"; return 0; }
         done
     fi
     for f in /usr/lib/llvm-*/lib/libclang.so* /usr/lib/llvm-*/lib/libclang-*.so* \
              /usr/lib/*-linux-gnu/libclang.so* /usr/lib/*-linux-gnu/libclang-*.so*; do
+        # libclang-cpp is LLVM's C++ library, not the C API bindgen loads.
+        case "$f" in *libclang-cpp*) continue ;; esac
         [ -e "$f" ] && { echo "$f"; return 0; }
     done
     if command -v ldconfig >/dev/null 2>&1 || [ -x /sbin/ldconfig ]; then
