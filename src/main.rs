@@ -19,6 +19,7 @@ struct Cli {
 }
 
 #[derive(Subcommand)]
+#[allow(clippy::large_enum_variant)] // parsed once at startup
 enum Cmd {
     /// Run a server node (one of the Raft group).
     Server(ServerArgs),

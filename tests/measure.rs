@@ -283,3 +283,98 @@ async fn measure_dispatch_throughput() {
         drop(workers);
     }
 }
+
+/// Trigger lateness: fire time → dispatched and → started, for N jobs firing every
+/// second on a three-node cluster with two embedded no-op workers (ws).
+/// `LATENESS_JOBS=100,1000` (default) lists the job counts; `SECS` the run length.
+#[tokio::test]
+#[ignore = "measurement; run with --ignored"]
+async fn measure_trigger_lateness() {
+    let counts: Vec<usize> = std::env::var("LATENESS_JOBS")
+        .unwrap_or_else(|_| "100,1000".into())
+        .split(',')
+        .filter_map(|s| s.trim().parse().ok())
+        .collect();
+    let secs: u64 = env_or("SECS", 10);
+    for jobs in counts {
+        let c = TestCluster::start(3);
+        c.wait_ready(&[1, 2, 3], Duration::from_secs(30)).await;
+        let token = app_token(&c, "late").await;
+        let workers: Vec<TestWorker> = (0..2)
+            .map(|i| {
+                TestWorker::start_example(
+                    &c,
+                    "late",
+                    &token,
+                    "ws",
+                    &format!("w{i}"),
+                    &["--max-concurrency", "4096"],
+                )
+            })
+            .collect();
+        wait_workers_live(&c, "late", 2).await;
+        let client = c.client();
+        let mut ids = Vec::new();
+        let mut tasks = tokio::task::JoinSet::new();
+        for part in 0..16 {
+            let client = client.clone();
+            tasks.spawn(async move {
+                let mut ids = Vec::new();
+                for k in (part..jobs).step_by(16) {
+                    let spec = json!({"app": "late", "name": format!("j{k}"),
+                        "schedule": {"type": "cron", "expr": "* * * * * *"},
+                        "processor": {"type": "custom", "name": "noop"}});
+                    let v = client.create_job(&spec).await.expect("create");
+                    ids.push(v["id"].as_u64().unwrap());
+                }
+                ids
+            });
+        }
+        while let Some(r) = tasks.join_next().await {
+            ids.extend(r.unwrap());
+        }
+        let from = chrono::Utc::now().timestamp_millis() + 2000;
+        tokio::time::sleep(Duration::from_secs(secs + 2)).await;
+        let until = chrono::Utc::now().timestamp_millis() - 1000;
+        tokio::time::sleep(Duration::from_secs(2)).await;
+        let mut to_dispatch = Vec::new();
+        let mut to_start = Vec::new();
+        let mut missing = 0;
+        for id in &ids {
+            let v = client
+                .get(&format!("/api/v1/instances?job_id={id}&limit=1000"))
+                .await
+                .unwrap();
+            for i in v["instances"].as_array().unwrap() {
+                let Some(fire) = i["fire_time_ms"].as_i64() else {
+                    continue;
+                };
+                if fire < from || fire > until {
+                    continue;
+                }
+                match (i["dispatched_at_ms"].as_i64(), i["started_at_ms"].as_i64()) {
+                    (Some(d), Some(s)) => {
+                        to_dispatch.push(Duration::from_millis((d - fire).max(0) as u64));
+                        to_start.push(Duration::from_millis((s - fire).max(0) as u64));
+                    }
+                    _ => missing += 1,
+                }
+            }
+        }
+        drop(workers);
+        to_dispatch.sort();
+        to_start.sort();
+        let n = to_dispatch.len();
+        assert!(n > 0, "no instances measured");
+        println!(
+            "LATENESS jobs={jobs} (fires/s={jobs}) instances={n} not-started={missing}: \
+             fire→dispatched p50={:?} p99={:?} max={:?}; fire→started p50={:?} p99={:?} max={:?}",
+            percentile(&to_dispatch, 0.5),
+            percentile(&to_dispatch, 0.99),
+            to_dispatch.last().unwrap(),
+            percentile(&to_start, 0.5),
+            percentile(&to_start, 0.99),
+            to_start.last().unwrap(),
+        );
+    }
+}

@@ -106,6 +106,36 @@ impl Default for WorkerTuning {
     }
 }
 
+/// The leader's scheduler and history retention.
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SchedulerTuning {
+    /// A fire time at most this late (for example across a leader election) still
+    /// fires normally; a later one is a misfire and the job's misfire policy decides.
+    pub misfire_threshold_ms: u64,
+    /// Most missed fire times one `fire_all` catch-up runs per job; earlier ones are
+    /// recorded as skipped.
+    pub catch_up_limit: u32,
+    /// Finished instances (with their log tails) and skip records are removed after this.
+    pub retention_ms: u64,
+    /// And beyond this many finished instances per job (oldest first); 0 = no count limit.
+    pub retention_per_job: u32,
+    /// How often the leader proposes retention pruning.
+    pub prune_interval_ms: u64,
+}
+
+impl Default for SchedulerTuning {
+    fn default() -> Self {
+        Self {
+            misfire_threshold_ms: 5_000,
+            catch_up_limit: 100,
+            retention_ms: 7 * 24 * 3600 * 1000,
+            retention_per_job: 1000,
+            prune_interval_ms: 10_000,
+        }
+    }
+}
+
 /// The file form. Every field is optional here; [`ServerConfig::resolve`] checks
 /// that the required ones are present after env and flags are applied.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -134,6 +164,8 @@ pub struct FileConfig {
     pub raft: Option<RaftTuning>,
     #[serde(default)]
     pub workers: Option<WorkerTuning>,
+    #[serde(default)]
+    pub scheduler: Option<SchedulerTuning>,
 }
 
 /// `raftjob server` flags; each also reads a `RAFTJOB_*` environment variable.
@@ -208,6 +240,21 @@ pub struct ServerArgs {
     /// How long an instance waits for a matching live worker before it fails.
     #[arg(long, env = "RAFTJOB_NO_WORKER_TIMEOUT_MS")]
     pub no_worker_timeout_ms: Option<u64>,
+    /// How late a fire time may be and still fire normally (beyond: misfire policy).
+    #[arg(long, env = "RAFTJOB_SCHEDULER_MISFIRE_THRESHOLD_MS")]
+    pub misfire_threshold_ms: Option<u64>,
+    /// Most missed times one fire_all catch-up runs per job.
+    #[arg(long, env = "RAFTJOB_SCHEDULER_CATCH_UP_LIMIT")]
+    pub catch_up_limit: Option<u32>,
+    /// How long finished instances and skip records are kept.
+    #[arg(long, env = "RAFTJOB_SCHEDULER_RETENTION_MS")]
+    pub retention_ms: Option<u64>,
+    /// How many finished instances each job keeps (0 = no count limit).
+    #[arg(long, env = "RAFTJOB_SCHEDULER_RETENTION_PER_JOB")]
+    pub retention_per_job: Option<u32>,
+    /// How often the leader prunes history.
+    #[arg(long, env = "RAFTJOB_SCHEDULER_PRUNE_INTERVAL_MS")]
+    pub prune_interval_ms: Option<u64>,
 }
 
 /// The validated configuration a server runs with.
@@ -229,6 +276,7 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     pub raft: RaftTuning,
     pub workers: WorkerTuning,
+    pub scheduler: SchedulerTuning,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -467,6 +515,40 @@ impl ServerConfig {
             ));
         }
 
+        let mut scheduler = file.scheduler.unwrap_or_default();
+        for (value, slot) in [
+            (
+                args.misfire_threshold_ms,
+                &mut scheduler.misfire_threshold_ms,
+            ),
+            (args.retention_ms, &mut scheduler.retention_ms),
+            (args.prune_interval_ms, &mut scheduler.prune_interval_ms),
+        ] {
+            if let Some(v) = value {
+                *slot = v;
+            }
+        }
+        if let Some(v) = args.catch_up_limit {
+            scheduler.catch_up_limit = v;
+        }
+        if let Some(v) = args.retention_per_job {
+            scheduler.retention_per_job = v;
+        }
+        if scheduler.catch_up_limit == 0 {
+            return Err(invalid(
+                "scheduler.catch_up_limit",
+                "0",
+                "must be at least 1 (use misfire_policy skip on a job to run no catch-up)",
+            ));
+        }
+        if scheduler.prune_interval_ms < 100 {
+            return Err(invalid(
+                "scheduler.prune_interval_ms",
+                scheduler.prune_interval_ms.to_string(),
+                "must be at least 100",
+            ));
+        }
+
         let advertise_cluster_addr = args
             .advertise_cluster_addr
             .clone()
@@ -522,6 +604,7 @@ impl ServerConfig {
             log_format,
             raft,
             workers,
+            scheduler,
         })
     }
 }

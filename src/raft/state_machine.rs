@@ -37,6 +37,9 @@ pub struct Applied {
     pub state: State,
     pub last_applied: Option<LogId>,
     pub last_membership: StoredMembership,
+    /// Jobs changed by applies since the scheduler last looked (it recomputes their
+    /// timers). Not replicated; a new leader rebuilds every timer anyway.
+    pub dirty_jobs: std::collections::BTreeSet<crate::state::JobId>,
 }
 
 /// Read access for the API; writes happen only in `apply` and snapshot install.
@@ -68,6 +71,7 @@ fn encode_key(key: &Key) -> Vec<u8> {
         Key::Instance(id) => (b"inst/", id.to_be_bytes().to_vec()),
         Key::Request(id) => (b"req/", id.as_bytes().to_vec()),
         Key::Worker(id) => (b"worker/", id.as_bytes().to_vec()),
+        Key::Skips(id) => (b"skips/", id.to_be_bytes().to_vec()),
     };
     [prefix, &rest].concat()
 }
@@ -88,6 +92,9 @@ fn decode_key(raw: &[u8]) -> Option<Key> {
     }
     if let Some(rest) = raw.strip_prefix(b"inst/") {
         return id(rest).map(Key::Instance);
+    }
+    if let Some(rest) = raw.strip_prefix(b"skips/") {
+        return id(rest).map(Key::Skips);
     }
     if let Some(rest) = raw.strip_prefix(b"worker/") {
         return Some(Key::Worker(String::from_utf8_lossy(rest).into_owned()));
@@ -239,6 +246,14 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                 responses.push(response);
             }
             let touched = applied.state.take_touched();
+            let dirty: Vec<_> = touched
+                .iter()
+                .filter_map(|k| match k {
+                    Key::Job(id) => Some(*id),
+                    _ => None,
+                })
+                .collect();
+            applied.dirty_jobs.extend(dirty);
             persist_keys(&mut batch, self.cf(), &applied.state, touched);
             persist_bookkeeping(&mut batch, self.cf(), &applied);
         }
@@ -309,6 +324,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
             state: new_state,
             last_applied: meta.last_log_id,
             last_membership: meta.last_membership.clone(),
+            dirty_jobs: Default::default(),
         };
 
         let _guard = self.snapshot_lock.lock().await;

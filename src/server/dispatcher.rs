@@ -69,7 +69,7 @@ pub async fn run(node: Arc<Node>) {
 
 /// The leader has applied an entry of its own term, so its state includes every
 /// entry committed before its election.
-fn caught_up(node: &Node) -> bool {
+pub(crate) fn caught_up(node: &Node) -> bool {
     let m = node.raft.metrics().borrow().clone();
     m.last_applied
         .is_some_and(|l| l.leader_id.term == m.current_term)

@@ -14,6 +14,7 @@ pub mod cluster;
 pub mod dispatcher;
 pub mod propose;
 pub mod read_index;
+pub mod scheduler;
 pub mod transport;
 pub mod worker_registry;
 
@@ -217,6 +218,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     tasks.spawn(bootstrap::run(node.clone()));
     tasks.spawn(watch_fatal(node.clone()));
     tasks.spawn(dispatcher::run(node.clone()));
+    tasks.spawn(scheduler::run(node.clone()));
     Ok(RunningServer { node, tasks })
 }
 

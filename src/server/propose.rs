@@ -98,6 +98,23 @@ impl Node {
         }
     }
 
+    /// Proposes on this node only if it is the leader; never forwards. For the
+    /// leader's own background work (the scheduler), which must not outlive its term.
+    pub async fn propose_as_leader(&self, cmd: Command) -> Result<Response, ProposeError> {
+        let proposal = Proposal {
+            v: COMMAND_VERSION,
+            now_ms: now_ms(),
+            request: None,
+            cmd,
+        };
+        match self.propose_local(proposal).await {
+            Try::Done(resp) => Ok(resp),
+            Try::NotLeader(_) => Err(ProposeError::NoLeader(Duration::ZERO)),
+            Try::Unknown(e) => Err(ProposeError::OutcomeUnknown(e)),
+            Try::Fatal(e) => Err(ProposeError::Fatal(e)),
+        }
+    }
+
     /// Proposes on this node (the leader) and waits for apply.
     pub(crate) async fn propose_local_reply(&self, proposal: Proposal) -> ForwardReply<Response> {
         match self.propose_local(proposal).await {

@@ -1,10 +1,12 @@
 //! `apply`: the transition function of the replicated state machine.
 
 use super::command::AttemptEvent;
+use super::command::FireItem;
 use super::command::{Command, Outcome, Proposal, Response, StateError};
 use super::model::{
-    App, Attempt, ExecutionMode, FencingToken, Instance, InstanceId, InstanceStatus, Job, JobSpec,
-    Millis, NodeAddrs, Trigger, LOG_TAIL_LINES,
+    App, Attempt, ConcurrencyPolicy, ExecutionMode, FencingToken, Instance, InstanceId,
+    InstanceStatus, Job, JobId, JobSpec, Millis, NodeAddrs, SkipKind, SkipRecord, Trigger,
+    LOG_TAIL_LINES, SKIPS_PER_JOB,
 };
 use super::{Key, RequestRecord, State, REQUEST_RETENTION_MS};
 
@@ -141,6 +143,7 @@ fn execute(state: &mut State, cmd: &Command, pos: FencingToken) -> Outcome {
                 updated_at_ms: now,
                 version: 1,
                 last_fire_time_ms: None,
+                last_finished_ms: None,
             };
             state.jobs.insert(id, job.clone());
             state.touch(Key::Job(id));
@@ -170,12 +173,22 @@ fn execute(state: &mut State, cmd: &Command, pos: FencingToken) -> Outcome {
                 return Outcome::rejected(StateError::not_found("job", id));
             }
             state.touch(Key::Job(*id));
+            if state.skips.remove(id).is_some() {
+                state.touch(Key::Skips(*id));
+            }
             Outcome::Deleted { id: *id }
         }
         Command::SetJobEnabled { id, enabled } => {
             update_job(state, *id, now, |job| job.spec.enabled = *enabled)
         }
         Command::Tick => Outcome::None,
+        Command::Fire { items } => fire(state, items, now),
+        Command::Prune {
+            max_age_ms,
+            max_per_job,
+        } => Outcome::Pruned {
+            instances: prune(state, now, *max_age_ms, *max_per_job),
+        },
         Command::RegisterWorker { worker } => {
             let mut worker = worker.clone();
             worker.registered_at_ms = now;
@@ -194,11 +207,7 @@ fn execute(state: &mut State, cmd: &Command, pos: FencingToken) -> Outcome {
             let max = job.spec.max_concurrent_instances;
             let app_id = job.app_id;
             if max > 0 {
-                let running = state
-                    .active
-                    .iter()
-                    .filter(|i| state.instances.get(i).is_some_and(|x| x.job_id == *job_id))
-                    .count();
+                let running = state.active_of_job(*job_id).count();
                 if running >= max as usize {
                     return Outcome::rejected(StateError::Conflict {
                         message: format!("job {job_id} already has {running} unfinished instances (max_concurrent_instances = {max})"),
@@ -383,8 +392,8 @@ fn new_instance(
 
 fn insert_instance(state: &mut State, instance: Instance) {
     let id = instance.id;
-    state.active.insert(id);
     state.instances.insert(id, instance);
+    state.index_instance(id);
     state.touch(Key::Instance(id));
 }
 
@@ -401,9 +410,22 @@ fn with_instance<T>(
         .and_then(|i| state.jobs.get(&i.job_id))
         .cloned();
     let inst = state.instances.get_mut(&id)?;
+    let was_terminal = inst.status.is_terminal();
     let out = f(inst, job.as_ref());
-    if inst.status.is_terminal() {
-        state.active.remove(&id);
+    if !was_terminal && inst.status.is_terminal() {
+        let (job_id, scheduled, finished) = (
+            inst.job_id,
+            inst.trigger == Trigger::Schedule,
+            inst.finished_at_ms,
+        );
+        state.index_instance(id);
+        // Fixed-delay jobs fire a delay after their previous scheduled instance ends.
+        if scheduled {
+            if let Some(job) = state.jobs.get_mut(&job_id) {
+                job.last_finished_ms = finished;
+                state.touch(Key::Job(job_id));
+            }
+        }
     }
     state.touch(Key::Instance(id));
     Some(out)
@@ -600,4 +622,230 @@ fn settle(inst: &mut Instance, job: Option<&Job>, now: Millis) {
             }
         }
     }
+}
+
+/// Applies a scheduler's `Fire`: for each job, records its skipped times and runs
+/// its fire time under the job's concurrency policy, moving the fire cursor past
+/// everything it accepted. Times at or before the cursor were handled already (by
+/// this or an earlier leader) and are ignored: that is what makes each fire time
+/// happen at most once.
+fn fire(state: &mut State, items: &[FireItem], now: Millis) -> Outcome {
+    let mut created = Vec::new();
+    let mut skipped = 0;
+    for item in items {
+        let Some(job) = state.jobs.get(&item.job_id) else {
+            continue;
+        };
+        if job.version != item.job_version || !job.spec.enabled {
+            continue;
+        }
+        let cursor = job.last_fire_time_ms;
+        let fresh = |t: &Millis| cursor.is_none_or(|c| *t > c);
+        let kind = item.skip_kind.unwrap_or(SkipKind::Misfire);
+        let mut skips: Vec<Skip> = item
+            .skip
+            .iter()
+            .copied()
+            .filter(fresh)
+            .map(|t| Skip::one(t, kind, skip_message(kind, None)))
+            .collect();
+        let mut max = skips.iter().map(|s| s.at).max();
+        if let Some(through) = item.skip_through_ms.filter(fresh) {
+            let from = max.or(cursor).map_or(through, |m| m + 1).min(through);
+            skips.push(Skip {
+                at: from,
+                through: Some(through),
+                kind,
+                message: format!(
+                    "{} (every fire time in this range)",
+                    skip_message(kind, None)
+                ),
+            });
+            max = max.max(Some(through));
+        }
+        let mut runs: Vec<Millis> = item.run.iter().copied().filter(fresh).collect();
+        runs.sort_unstable();
+        runs.dedup();
+        for t in runs {
+            max = max.max(Some(t));
+            match admit(state, item.job_id) {
+                Ok(()) => {
+                    let app_id = state.jobs[&item.job_id].app_id;
+                    let id = next_id(state);
+                    let mut instance = new_instance(
+                        id,
+                        item.job_id,
+                        app_id,
+                        Trigger::Schedule,
+                        serde_json::Value::Null,
+                        now,
+                        None,
+                    );
+                    instance.fire_time_ms = Some(t);
+                    insert_instance(state, instance);
+                    created.push(id);
+                }
+                Err((kind, message)) => skips.push(Skip::one(t, kind, message)),
+            }
+        }
+        if let Some(max) = max {
+            let job = state.jobs.get_mut(&item.job_id).expect("checked above");
+            job.last_fire_time_ms = Some(max);
+            state.touch(Key::Job(item.job_id));
+        }
+        skipped += skips.len();
+        record_skips(state, item.job_id, skips, now);
+    }
+    Outcome::Fired { created, skipped }
+}
+
+/// A skip about to be recorded.
+struct Skip {
+    at: Millis,
+    through: Option<Millis>,
+    kind: SkipKind,
+    message: String,
+}
+
+impl Skip {
+    fn one(at: Millis, kind: SkipKind, message: String) -> Self {
+        Self {
+            at,
+            through: None,
+            kind,
+            message,
+        }
+    }
+}
+
+/// Whether a job may start another scheduled instance now, applying its
+/// concurrency policy (a `replace` stops the unfinished ones first).
+fn admit(state: &mut State, job_id: JobId) -> Result<(), (SkipKind, String)> {
+    let job = &state.jobs[&job_id];
+    let (policy, max) = (
+        job.spec.concurrency_policy,
+        job.spec.max_concurrent_instances,
+    );
+    let active: Vec<InstanceId> = state.active_of_job(job_id).collect();
+    match policy {
+        ConcurrencyPolicy::Forbid if !active.is_empty() => {
+            let kind = SkipKind::ConcurrencyForbid;
+            Err((kind, skip_message(kind, active.first().copied())))
+        }
+        ConcurrencyPolicy::Replace => {
+            let now = state.meta.now_ms;
+            for id in active {
+                with_instance(state, id, |inst, _| match inst.status {
+                    InstanceStatus::WaitingDispatch => finish(
+                        inst,
+                        InstanceStatus::Stopped,
+                        "replaced by a newer scheduled instance".into(),
+                        now,
+                    ),
+                    InstanceStatus::Stopping => {}
+                    _ => inst.status = InstanceStatus::Stopping,
+                });
+            }
+            Ok(())
+        }
+        _ if max > 0 && active.len() >= max as usize => {
+            let kind = SkipKind::MaxConcurrentInstances;
+            Err((
+                kind,
+                format!(
+                    "the job already had {} unfinished instances (max_concurrent_instances = {max})",
+                    active.len()
+                ),
+            ))
+        }
+        _ => Ok(()),
+    }
+}
+
+fn skip_message(kind: SkipKind, previous: Option<InstanceId>) -> String {
+    match kind {
+        SkipKind::Misfire => {
+            "missed while the cluster had no leader; the job's misfire policy does not run it"
+                .into()
+        }
+        SkipKind::CatchUpLimit => "missed, and beyond the fire_all catch-up limit".into(),
+        SkipKind::ConcurrencyForbid => format!(
+            "instance {} of this job was still unfinished (concurrency_policy = forbid)",
+            previous.unwrap_or_default()
+        ),
+        SkipKind::MaxConcurrentInstances => "max_concurrent_instances reached".into(),
+    }
+}
+
+fn record_skips(state: &mut State, job_id: JobId, skips: Vec<Skip>, now: Millis) {
+    if skips.is_empty() {
+        return;
+    }
+    let list = state.skips.entry(job_id).or_default();
+    list.extend(skips.into_iter().map(|s| SkipRecord {
+        fire_time_ms: s.at,
+        through_ms: s.through,
+        kind: s.kind,
+        reason: s.message,
+        recorded_at_ms: now,
+    }));
+    list.sort_by_key(|s| s.fire_time_ms);
+    let excess = list.len().saturating_sub(SKIPS_PER_JOB);
+    list.drain(..excess);
+    state.touch(Key::Skips(job_id));
+}
+
+/// Most instances one `Prune` removes, so one entry's apply stays short; the
+/// leader proposes the next `Prune` soon after.
+pub const PRUNE_BATCH: usize = 10_000;
+
+/// Retention: removes finished instances older than `max_age_ms`, then the oldest
+/// finished ones of any job beyond `max_per_job`, and old skip records.
+fn prune(state: &mut State, now: Millis, max_age_ms: Millis, max_per_job: u32) -> usize {
+    let horizon = now.saturating_sub(max_age_ms);
+    let mut removed = 0;
+    while removed < PRUNE_BATCH {
+        let Some(&(at, id)) = state.finished.first() else {
+            break;
+        };
+        if at >= horizon {
+            break;
+        }
+        state.remove_instance(id);
+        removed += 1;
+    }
+    if max_per_job > 0 {
+        let over: Vec<(JobId, usize)> = state
+            .finished_by_job
+            .iter()
+            .filter(|(_, ids)| ids.len() > max_per_job as usize)
+            .map(|(job, ids)| (*job, ids.len() - max_per_job as usize))
+            .collect();
+        for (job, excess) in over {
+            let oldest: Vec<InstanceId> = state.finished_by_job[&job]
+                .iter()
+                .take(excess.min(PRUNE_BATCH.saturating_sub(removed)))
+                .copied()
+                .collect();
+            for id in oldest {
+                state.remove_instance(id);
+                removed += 1;
+            }
+        }
+    }
+    let stale: Vec<JobId> = state
+        .skips
+        .iter()
+        .filter(|(_, l)| l.first().is_some_and(|s| s.recorded_at_ms < horizon))
+        .map(|(j, _)| *j)
+        .collect();
+    for job in stale {
+        let list = state.skips.get_mut(&job).expect("listed above");
+        list.retain(|s| s.recorded_at_ms >= horizon);
+        if list.is_empty() {
+            state.skips.remove(&job);
+        }
+        state.touch(Key::Skips(job));
+    }
+    removed
 }

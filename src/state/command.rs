@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 
 use super::model::{
     App, Attempt, FencingToken, Instance, InstanceId, Job, JobId, JobSpec, LogLine, Millis, NodeId,
-    WorkerReg,
+    SkipKind, WorkerReg,
 };
 
 /// The version of the command set this build writes and understands. A node that
@@ -84,8 +84,21 @@ pub enum Command {
         id: JobId,
         enabled: bool,
     },
-    /// Advances the replicated clock and runs time-based housekeeping.
+    /// Advances the replicated clock (and expires request ids).
     Tick,
+    /// The leader's scheduler fires every job due at one instant, in one entry.
+    /// Apply accepts a fire time only if it is after the job's fire cursor, so a
+    /// time can never fire twice, whichever leader proposes it.
+    Fire {
+        items: Vec<FireItem>,
+    },
+    /// Removes finished instances (with their log tails) and skip records older
+    /// than `max_age_ms`, and finished instances beyond the newest `max_per_job`
+    /// of each job. Proposed periodically by the leader with its configuration.
+    Prune {
+        max_age_ms: Millis,
+        max_per_job: u32,
+    },
     /// A worker registered (or re-registered) with the cluster.
     RegisterWorker {
         worker: WorkerReg,
@@ -137,6 +150,28 @@ pub enum Command {
     Unknown,
 }
 
+/// One job's share of a [`Command::Fire`].
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FireItem {
+    pub job_id: JobId,
+    /// The job version the scheduler computed from; an item for an older version
+    /// (the job changed meanwhile) is ignored and the scheduler recomputes.
+    pub job_version: u64,
+    /// Fire times to run, oldest first (several only for a `fire_all` catch-up).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub run: Vec<Millis>,
+    /// Fire times to record as skipped (misfires).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub skip: Vec<Millis>,
+    /// Why `skip` (and `skip_through_ms`) are skipped.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_kind: Option<SkipKind>,
+    /// Also skip every fire time after those listed, up to and including this
+    /// instant: set when more times were missed than the scheduler enumerates.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub skip_through_ms: Option<Millis>,
+}
+
 /// What apply answers; returned to the proposer and recorded for request ids.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Response {
@@ -173,6 +208,15 @@ pub enum Outcome {
     /// The attempts a `Dispatch` created.
     Dispatched {
         attempts: Vec<Attempt>,
+    },
+    /// What a `Fire` did: the instances it created and how many times it skipped.
+    Fired {
+        created: Vec<InstanceId>,
+        skipped: usize,
+    },
+    /// What a `Prune` removed.
+    Pruned {
+        instances: usize,
     },
     /// Whether a report was for a current attempt.
     ReportAccepted {

@@ -13,7 +13,7 @@ mod apply;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use apply::apply;
+pub use apply::{apply, PRUNE_BATCH};
 pub use command::{
     AttemptEvent, Command, Outcome, Proposal, RequestMeta, Response, StateError, COMMAND_VERSION,
 };
@@ -54,6 +54,8 @@ pub enum Key {
     Instance(InstanceId),
     Request(String),
     Worker(String),
+    /// A job's skip records.
+    Skips(JobId),
 }
 
 /// The whole replicated state.
@@ -67,9 +69,21 @@ pub struct State {
     pub requests: BTreeMap<String, RequestRecord>,
     #[serde(default)]
     pub workers: BTreeMap<String, WorkerReg>,
+    /// Fire times recorded as skipped, per job, oldest first (at most [`SKIPS_PER_JOB`]).
+    #[serde(default)]
+    pub skips: BTreeMap<JobId, Vec<SkipRecord>>,
     /// Instances not yet in a terminal state. Derived; rebuilt on load.
     #[serde(skip)]
     pub active: BTreeSet<InstanceId>,
+    /// `active` by job. Derived; rebuilt on load.
+    #[serde(skip)]
+    pub active_by_job: BTreeMap<JobId, BTreeSet<InstanceId>>,
+    /// Finished instances by finish time, for retention. Derived; rebuilt on load.
+    #[serde(skip)]
+    finished: BTreeSet<(Millis, InstanceId)>,
+    /// Finished instances per job, for the per-job count limit. Derived; rebuilt on load.
+    #[serde(skip)]
+    finished_by_job: BTreeMap<JobId, BTreeSet<InstanceId>>,
     /// Index of `requests` by time, for expiry. Derived; rebuilt on load.
     #[serde(skip)]
     request_expiry: BTreeSet<(Millis, String)>,
@@ -86,12 +100,58 @@ impl State {
             .iter()
             .map(|(k, r)| (r.at_ms, k.clone()))
             .collect();
-        self.active = self
-            .instances
-            .values()
-            .filter(|i| !i.status.is_terminal())
-            .map(|i| i.id)
-            .collect();
+        self.active.clear();
+        self.active_by_job.clear();
+        self.finished.clear();
+        self.finished_by_job.clear();
+        let ids: Vec<InstanceId> = self.instances.keys().copied().collect();
+        for id in ids {
+            self.index_instance(id);
+        }
+    }
+
+    /// Puts an instance into the derived indexes according to its status.
+    fn index_instance(&mut self, id: InstanceId) {
+        let Some(inst) = self.instances.get(&id) else {
+            return;
+        };
+        let job = inst.job_id;
+        if inst.status.is_terminal() {
+            self.active.remove(&id);
+            if let Some(set) = self.active_by_job.get_mut(&job) {
+                set.remove(&id);
+                if set.is_empty() {
+                    self.active_by_job.remove(&job);
+                }
+            }
+            let at = inst.finished_at_ms.unwrap_or(inst.created_at_ms);
+            self.finished.insert((at, id));
+            self.finished_by_job.entry(job).or_default().insert(id);
+        } else {
+            self.active.insert(id);
+            self.active_by_job.entry(job).or_default().insert(id);
+        }
+    }
+
+    /// Removes a finished instance and its index entries.
+    fn remove_instance(&mut self, id: InstanceId) {
+        let Some(inst) = self.instances.remove(&id) else {
+            return;
+        };
+        let at = inst.finished_at_ms.unwrap_or(inst.created_at_ms);
+        self.finished.remove(&(at, id));
+        if let Some(set) = self.finished_by_job.get_mut(&inst.job_id) {
+            set.remove(&id);
+            if set.is_empty() {
+                self.finished_by_job.remove(&inst.job_id);
+            }
+        }
+        self.touch(Key::Instance(id));
+    }
+
+    /// Unfinished instances of a job.
+    pub fn active_of_job(&self, job: JobId) -> impl Iterator<Item = InstanceId> + '_ {
+        self.active_by_job.get(&job).into_iter().flatten().copied()
     }
 
     /// The keys changed since the last call, for the store to persist.
@@ -126,6 +186,7 @@ impl State {
             Key::Instance(id) => return self.instances.get(id).map(to_json),
             Key::Request(id) => return self.requests.get(id).map(to_json),
             Key::Worker(id) => return self.workers.get(id).map(to_json),
+            Key::Skips(id) => return self.skips.get(id).map(to_json),
         };
         Some(bytes.expect("state records always serialise"))
     }
@@ -152,6 +213,9 @@ impl State {
             Key::Worker(id) => {
                 self.workers.insert(id, serde_json::from_slice(bytes)?);
             }
+            Key::Skips(id) => {
+                self.skips.insert(id, serde_json::from_slice(bytes)?);
+            }
         }
         Ok(())
     }
@@ -166,6 +230,7 @@ impl State {
         keys.extend(self.instances.keys().map(|id| Key::Instance(*id)));
         keys.extend(self.requests.keys().map(|id| Key::Request(id.clone())));
         keys.extend(self.workers.keys().map(|id| Key::Worker(id.clone())));
+        keys.extend(self.skips.keys().map(|id| Key::Skips(*id)));
         keys
     }
 }

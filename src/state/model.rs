@@ -38,6 +38,9 @@ pub enum Schedule {
         expr: String,
         #[serde(default, skip_serializing_if = "Option::is_none")]
         timezone: Option<String>,
+        /// What a local time that a spring-forward transition skips does.
+        #[serde(default)]
+        dst_gap: DstGapPolicy,
     },
     /// Every `every_ms` from the job's start time, without drift.
     FixedRate { every_ms: u64 },
@@ -47,6 +50,18 @@ pub enum Schedule {
     Api,
     /// Once, at the given instant (RFC 3339).
     Once { at: chrono::DateTime<chrono::Utc> },
+}
+
+/// What happens to a cron fire time whose local time does not exist because a
+/// daylight-saving transition skips it (02:30 on a spring-forward night).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum DstGapPolicy {
+    /// Fire once, at the transition (the first instant after the gap).
+    #[default]
+    FireAtTransition,
+    /// Do not fire for the skipped local time.
+    Skip,
 }
 
 /// What a worker runs for an instance.
@@ -189,7 +204,43 @@ pub struct Job {
     /// new leader can never fire the same time twice. Manual runs do not move it.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_fire_time_ms: Option<Millis>,
+    /// When the job's latest scheduled instance finished: fixed-delay jobs fire
+    /// `delay_ms` after it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_finished_ms: Option<Millis>,
 }
+
+/// Why a fire time did not produce an instance.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum SkipKind {
+    /// Missed while the cluster had no leader (or was down), and the misfire policy
+    /// does not run it.
+    Misfire,
+    /// Missed, and beyond the `fire_all` catch-up bound.
+    CatchUpLimit,
+    /// `concurrency_policy: forbid` and an earlier instance was still unfinished.
+    ConcurrencyForbid,
+    /// The job already had `max_concurrent_instances` unfinished instances.
+    MaxConcurrentInstances,
+}
+
+/// A fire time that was recorded as skipped instead of run.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct SkipRecord {
+    pub fire_time_ms: Millis,
+    /// When set, the record stands for every fire time from `fire_time_ms` up to
+    /// and including this instant (too many missed times to list one by one).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub through_ms: Option<Millis>,
+    pub kind: SkipKind,
+    pub reason: String,
+    /// Replicated-clock time at which the skip was recorded.
+    pub recorded_at_ms: Millis,
+}
+
+/// How many skip records a job keeps (the oldest go first).
+pub const SKIPS_PER_JOB: usize = 1000;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
 #[serde(rename_all = "snake_case")]

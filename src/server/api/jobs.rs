@@ -11,8 +11,8 @@ use utoipa::ToSchema;
 use super::{
     read_barrier, request_meta, validate, write, ApiError, ApiJson, ApiQuery, IdPath, ReadQuery,
 };
-use crate::server::Node;
-use crate::state::{Command, Job, JobSpec, Outcome};
+use crate::server::{scheduler, Node};
+use crate::state::{Command, Job, JobSpec, Millis, Outcome, SkipRecord};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[serde(deny_unknown_fields)]
@@ -32,9 +32,81 @@ pub struct JobCreated {
     pub warnings: Vec<String>,
 }
 
+/// A job as the API shows it: the stored job plus its next fire time.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobView {
+    #[serde(flatten)]
+    pub job: Job,
+    /// The next scheduled fire time (ms since the epoch, UTC); absent for disabled,
+    /// API-only or finished jobs and while a fixed-delay job's instance runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_fire_time_ms: Option<Millis>,
+    /// The same instant in RFC 3339 (UTC).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_fire_time: Option<String>,
+}
+
+impl JobView {
+    fn new(state: &crate::state::State, job: Job) -> Self {
+        let next = scheduler::next_fire_time(state, &job);
+        Self {
+            next_fire_time: next.map(rfc3339),
+            next_fire_time_ms: next,
+            job,
+        }
+    }
+}
+
+fn rfc3339(ms: Millis) -> String {
+    chrono::DateTime::from_timestamp_millis(ms)
+        .map(|t| t.to_rfc3339_opts(chrono::SecondsFormat::Millis, true))
+        .unwrap_or_default()
+}
+
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JobList {
-    pub jobs: Vec<Job>,
+    pub jobs: Vec<JobView>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct ScheduleQuery {
+    /// How many fire times (1 to 1000, default 10).
+    pub count: Option<usize>,
+    /// `linearizable` (default) or `stale`.
+    pub consistency: Option<String>,
+}
+
+/// One upcoming fire time.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct FireTime {
+    pub at_ms: Millis,
+    pub at: String,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SchedulePreview {
+    pub job_id: u64,
+    /// The job's fire cursor: the latest fire time the scheduler handled.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub last_fire_time_ms: Option<Millis>,
+    pub fire_times: Vec<FireTime>,
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[serde(deny_unknown_fields)]
+pub struct SkippedQuery {
+    /// Most records to return, newest first (default 100, at most 1000).
+    pub limit: Option<usize>,
+    /// `linearizable` (default) or `stale`.
+    pub consistency: Option<String>,
+}
+
+#[derive(Debug, Serialize, ToSchema)]
+pub struct SkippedList {
+    pub job_id: u64,
+    /// Newest first.
+    pub skipped: Vec<SkipRecord>,
 }
 
 #[derive(Debug, Serialize, ToSchema)]
@@ -76,7 +148,7 @@ pub async fn list_jobs(
     let guard = node.state.read().expect("state lock");
     let state = &guard.state;
     let jobs = match &q.app {
-        None => state.jobs.values().cloned().collect(),
+        None => state.jobs.values().cloned().collect::<Vec<_>>(),
         Some(name) => {
             let app = state
                 .app_by_name(name)
@@ -84,25 +156,92 @@ pub async fn list_jobs(
             state.jobs_of_app(app.id).cloned().collect()
         }
     };
+    let jobs = jobs.into_iter().map(|j| JobView::new(state, j)).collect();
     Ok(Json(JobList { jobs }))
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = u64, Path), ReadQuery),
-    responses((status = 200, body = Job), (status = 404, body = super::Problem)))]
+    responses((status = 200, body = JobView), (status = 404, body = super::Problem)))]
 pub async fn get_job(
     State(node): State<Arc<Node>>,
     IdPath(id): IdPath,
     ApiQuery(q): ApiQuery<ReadQuery>,
-) -> Result<Json<Job>, ApiError> {
+) -> Result<Json<JobView>, ApiError> {
     read_barrier(&node, q.consistency.as_deref()).await?;
     let guard = node.state.read().expect("state lock");
-    guard
+    let job = guard
         .state
         .jobs
         .get(&id)
         .cloned()
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))
+        .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
+    Ok(Json(JobView::new(&guard.state, job)))
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/schedule", tag = "jobs", params(("id" = u64, Path), ScheduleQuery),
+    responses((status = 200, body = SchedulePreview), (status = 400, body = super::Problem), (status = 404, body = super::Problem)))]
+pub async fn preview_schedule(
+    State(node): State<Arc<Node>>,
+    IdPath(id): IdPath,
+    ApiQuery(q): ApiQuery<ScheduleQuery>,
+) -> Result<Json<SchedulePreview>, ApiError> {
+    let count = q.count.unwrap_or(10);
+    if !(1..=1000).contains(&count) {
+        return Err(ApiError::invalid(
+            "count",
+            format!("count must be between 1 and 1000, got {count}"),
+        ));
+    }
+    read_barrier(&node, q.consistency.as_deref()).await?;
+    let guard = node.state.read().expect("state lock");
+    let job = guard
+        .state
+        .jobs
+        .get(&id)
+        .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
+    let fire_times = scheduler::upcoming(&guard.state, job, count)
+        .into_iter()
+        .map(|at_ms| FireTime {
+            at_ms,
+            at: rfc3339(at_ms),
+        })
+        .collect();
+    Ok(Json(SchedulePreview {
+        job_id: id,
+        last_fire_time_ms: job.last_fire_time_ms,
+        fire_times,
+    }))
+}
+
+#[utoipa::path(get, path = "/api/v1/jobs/{id}/skipped", tag = "jobs", params(("id" = u64, Path), SkippedQuery),
+    responses((status = 200, body = SkippedList), (status = 400, body = super::Problem), (status = 404, body = super::Problem)))]
+pub async fn skipped_fires(
+    State(node): State<Arc<Node>>,
+    IdPath(id): IdPath,
+    ApiQuery(q): ApiQuery<SkippedQuery>,
+) -> Result<Json<SkippedList>, ApiError> {
+    let limit = q.limit.unwrap_or(100);
+    if !(1..=1000).contains(&limit) {
+        return Err(ApiError::invalid(
+            "limit",
+            format!("limit must be between 1 and 1000, got {limit}"),
+        ));
+    }
+    read_barrier(&node, q.consistency.as_deref()).await?;
+    let guard = node.state.read().expect("state lock");
+    if !guard.state.jobs.contains_key(&id) {
+        return Err(ApiError::NotFound(format!("job {id} not found")));
+    }
+    let skipped = guard
+        .state
+        .skips
+        .get(&id)
+        .map(|l| l.iter().rev().take(limit).cloned().collect())
+        .unwrap_or_default();
+    Ok(Json(SkippedList {
+        job_id: id,
+        skipped,
+    }))
 }
 
 #[utoipa::path(put, path = "/api/v1/jobs/{id}", tag = "jobs", request_body = JobSpec,

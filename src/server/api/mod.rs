@@ -41,6 +41,7 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
     paths(
         apps::create_app, apps::list_apps,
         jobs::create_job, jobs::list_jobs, jobs::get_job, jobs::update_job, jobs::delete_job, jobs::enable_job, jobs::disable_job,
+        jobs::preview_schedule, jobs::skipped_fires,
         cluster::get_cluster, cluster::add_member, cluster::remove_member,
         instances::run_job, instances::get_instance, instances::list_instances, instances::instance_logs,
         instances::stop_instance, instances::cancel_instance, instances::retry_instance,
@@ -76,6 +77,8 @@ pub fn router(node: Arc<Node>) -> Router {
                 .put(jobs::update_job)
                 .delete(jobs::delete_job),
         )
+        .route("/api/v1/jobs/{id}/schedule", get(jobs::preview_schedule))
+        .route("/api/v1/jobs/{id}/skipped", get(jobs::skipped_fires))
         .route("/api/v1/jobs/{id}/enable", post(jobs::enable_job))
         .route("/api/v1/jobs/{id}/disable", post(jobs::disable_job))
         .route("/api/v1/jobs/{id}/run", post(instances::run_job))

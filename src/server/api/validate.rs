@@ -67,9 +67,13 @@ pub fn job_spec(spec: &JobSpec) -> Result<(), ApiError> {
     Ok(())
 }
 
+/// The shortest fixed rate: each fire is a Raft entry and an instance, so a 1 ms
+/// rate would make one job flood the cluster.
+pub const MIN_FIXED_RATE_MS: u64 = 100;
+
 fn schedule(s: &Schedule) -> Result<(), ApiError> {
     match s {
-        Schedule::Cron { expr, timezone } => {
+        Schedule::Cron { expr, timezone, .. } => {
             CronSchedule::validate(expr, timezone.as_deref(), chrono::Utc::now()).map_err(|e| {
                 let field = if matches!(e, crate::schedule::ScheduleError::TimeZone(_)) {
                     "schedule.timezone"
@@ -79,8 +83,11 @@ fn schedule(s: &Schedule) -> Result<(), ApiError> {
                 ApiError::invalid(field, e.to_string())
             })?;
         }
-        Schedule::FixedRate { every_ms } if *every_ms == 0 => {
-            return Err(ApiError::invalid("schedule.every_ms", "must be at least 1"));
+        Schedule::FixedRate { every_ms } if *every_ms < MIN_FIXED_RATE_MS => {
+            return Err(ApiError::invalid(
+                "schedule.every_ms",
+                format!("must be at least {MIN_FIXED_RATE_MS} (every fire is a replicated instance)"),
+            ));
         }
         Schedule::FixedDelay { delay_ms } if *delay_ms == 0 => {
             return Err(ApiError::invalid("schedule.delay_ms", "must be at least 1"));
