@@ -336,15 +336,32 @@ async fn measure_trigger_lateness() {
         let from = chrono::Utc::now().timestamp_millis() + 2000;
         tokio::time::sleep(Duration::from_secs(secs + 2)).await;
         let until = chrono::Utc::now().timestamp_millis() - 1000;
-        tokio::time::sleep(Duration::from_secs(2)).await;
+        // Stop the fires (so reading does not compete with them) and let the
+        // last instances finish.
+        for part in ids.chunks(64) {
+            let calls = part.iter().map(|id| {
+                let client = client.clone();
+                async move {
+                    client
+                        .post(&format!("/api/v1/jobs/{id}/disable"), &json!({}))
+                        .await
+                }
+            });
+            for r in futures::future::join_all(calls).await {
+                r.expect("disable");
+            }
+        }
+        tokio::time::sleep(Duration::from_secs(3)).await;
         let mut to_dispatch = Vec::new();
         let mut to_start = Vec::new();
         let mut missing = 0;
         for id in &ids {
             let v = client
-                .get(&format!("/api/v1/instances?job_id={id}&limit=1000"))
+                .get(&format!(
+                    "/api/v1/instances?job_id={id}&limit=1000&consistency=stale"
+                ))
                 .await
-                .unwrap();
+                .unwrap_or_else(|e| panic!("listing instances of job {id}: {e}"));
             for i in v["instances"].as_array().unwrap() {
                 let Some(fire) = i["fire_time_ms"].as_i64() else {
                     continue;

@@ -25,7 +25,7 @@ use tokio::sync::Mutex;
 use super::storage::CF_SM;
 use super::{Entry, LogId, SnapshotMeta, StorageError, StoredMembership, TypeConfig};
 use crate::state::command::UnsupportedVersion;
-use crate::state::{self, Command, Key, Outcome, Response, State, COMMAND_VERSION};
+use crate::state::{self, Key, Outcome, Response, State, COMMAND_VERSION};
 
 const KEY_APPLIED: &[u8] = b"_applied";
 const KEY_MEMBERSHIP: &[u8] = b"_membership";
@@ -226,7 +226,7 @@ impl RaftStateMachine<TypeConfig> for StateMachineStore {
                         Response::new(Outcome::None)
                     }
                     EntryPayload::Normal(proposal) => {
-                        if proposal.v > COMMAND_VERSION || proposal.cmd == Command::Unknown {
+                        if !proposal.supported() {
                             let err = UnsupportedVersion {
                                 index: entry.log_id.index,
                                 found: proposal.v,

@@ -17,6 +17,7 @@ pub mod read_index;
 pub mod scheduler;
 pub mod transport;
 pub mod worker_registry;
+pub mod write_batch;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -61,6 +62,8 @@ pub struct Node {
     /// Client for forwarding to the leader's cluster port (its own pool, apart from Raft RPC).
     pub forward: reqwest::Client,
     pub reads: read_index::ReadIndexBatcher,
+    /// Leader-side write batching in front of Raft.
+    pub batcher: write_batch::WriteBatcher,
     /// The leader's memory of live workers and attempt leases.
     pub workers: worker_registry::WorkerRegistry,
     /// Client for dispatching to workers' own endpoints (its own pool).
@@ -177,6 +180,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let node = Arc::new(Node {
         id: config.node_id,
         reads: read_index::ReadIndexBatcher::new(),
+        batcher: write_batch::WriteBatcher::default(),
         workers: worker_registry::WorkerRegistry::new(
             Duration::from_millis(config.workers.lease_ms),
             Duration::from_millis(config.workers.grace_ms),
@@ -215,6 +219,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         ));
     }
     tasks.spawn(read_index::run(node.clone()));
+    tasks.spawn(write_batch::run(node.clone()));
     tasks.spawn(bootstrap::run(node.clone()));
     tasks.spawn(watch_fatal(node.clone()));
     tasks.spawn(dispatcher::run(node.clone()));

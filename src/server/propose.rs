@@ -4,9 +4,8 @@
 
 use std::time::{Duration, Instant};
 
-use openraft::error::{ClientWriteError, RaftError};
-
 use super::cluster::{ForwardReply, PATH_FORWARD_WRITE};
+use super::write_batch::WriteResult;
 use super::{now_ms, Node};
 use crate::raft::network::SECRET_HEADER;
 use crate::raft::NodeId;
@@ -125,18 +124,12 @@ impl Node {
         }
     }
 
-    async fn propose_local(&self, mut proposal: Proposal) -> Try {
-        // Time enters the log only from the leader's clock.
-        proposal.now_ms = now_ms();
-        match self.raft.client_write(proposal).await {
-            Ok(resp) => Try::Done(resp.data),
-            Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {
-                Try::NotLeader(f.leader_id)
-            }
-            Err(RaftError::APIError(ClientWriteError::ChangeMembershipError(e))) => {
-                Try::Fatal(e.to_string())
-            }
-            Err(RaftError::Fatal(e)) => Try::Fatal(e.to_string()),
+    async fn propose_local(&self, proposal: Proposal) -> Try {
+        // Time enters the log only from the leader's clock: the batcher stamps it.
+        match self.batcher.write(proposal).await {
+            WriteResult::Done(resp) => Try::Done(resp),
+            WriteResult::NotLeader(leader) => Try::NotLeader(leader),
+            WriteResult::Fatal(e) => Try::Fatal(e),
         }
     }
 

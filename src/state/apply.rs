@@ -33,6 +33,19 @@ pub fn apply(state: &mut State, proposal: &Proposal, term: u64, index: u64) -> R
         }
     }
 
+    if let Command::Batch { proposals } = &proposal.cmd {
+        let responses = proposals
+            .iter()
+            .map(|p| match p.cmd {
+                Command::Batch { .. } => {
+                    Response::new(execute(state, &p.cmd, FencingToken { term, index }))
+                }
+                _ => apply(state, p, term, index),
+            })
+            .collect();
+        return Response::new(Outcome::Batch { responses });
+    }
+
     let response = Response::new(execute(state, &proposal.cmd, FencingToken { term, index }));
 
     if let Some(req) = &proposal.request {
@@ -326,6 +339,11 @@ fn execute(state: &mut State, cmd: &Command, pos: FencingToken) -> Outcome {
                 s => Err(conflict(*id, s, "fail")),
             })
         }
+        // Unpacked in `apply`; only a nested batch gets here.
+        Command::Batch { .. } => Outcome::rejected(StateError::Invalid {
+            field: "type".into(),
+            message: "a batch cannot contain a batch".into(),
+        }),
         Command::Unknown => Outcome::rejected(StateError::Invalid {
             field: "type".into(),
             message: "unknown command".into(),

@@ -33,6 +33,18 @@ pub struct Proposal {
     pub cmd: Command,
 }
 
+impl Proposal {
+    /// Whether this build can apply the proposal (and, for a batch, every part).
+    pub fn supported(&self) -> bool {
+        self.v <= COMMAND_VERSION
+            && match &self.cmd {
+                Command::Unknown => false,
+                Command::Batch { proposals } => proposals.iter().all(Proposal::supported),
+                _ => true,
+            }
+    }
+}
+
 fn lenient_command<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Command, D::Error> {
     let value = serde_json::Value::deserialize(d)?;
     Ok(serde_json::from_value(value).unwrap_or(Command::Unknown))
@@ -145,6 +157,12 @@ pub enum Command {
         id: InstanceId,
         reason: String,
     },
+    /// Several proposals committed as one entry (the leader's write batching). Each
+    /// is applied as if it were an entry of its own, with its own request id and
+    /// response; a batch never nests.
+    Batch {
+        proposals: Vec<Proposal>,
+    },
     /// A command this build does not know (from a newer version).
     #[serde(other)]
     Unknown,
@@ -213,6 +231,10 @@ pub enum Outcome {
     Fired {
         created: Vec<InstanceId>,
         skipped: usize,
+    },
+    /// One response per proposal of a `Batch`, in order.
+    Batch {
+        responses: Vec<Response>,
     },
     /// What a `Prune` removed.
     Pruned {

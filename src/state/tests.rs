@@ -464,3 +464,51 @@ fn undecodable_commands_deserialise_as_unknown() {
     .unwrap();
     assert_eq!(p.cmd, Command::Unknown);
 }
+
+#[test]
+fn a_batch_applies_each_proposal_as_its_own_write() {
+    let mut s = State::default();
+    let app = |name: &str| Command::CreateApp {
+        name: name.into(),
+        worker_token_hash: "h".into(),
+    };
+    let first = with_req(prop(5, app("a")), "k/1", "h1");
+    let batch = Command::Batch {
+        proposals: vec![
+            first.clone(),
+            prop(5, app("b")),
+            // The same request id again inside the batch: replayed, not re-applied.
+            first,
+            prop(5, app("a")),
+        ],
+    };
+    let Outcome::Batch { responses } = apply(&mut s, &prop(5, batch), 1).outcome else {
+        panic!("a batch answers with one response per proposal");
+    };
+    assert_eq!(responses.len(), 4);
+    assert!(matches!(responses[0].outcome, Outcome::App { .. }));
+    assert!(matches!(responses[1].outcome, Outcome::App { .. }));
+    assert!(responses[2].replayed);
+    assert!(matches!(
+        responses[3].outcome,
+        Outcome::Rejected {
+            error: StateError::AlreadyExists { .. }
+        }
+    ));
+    assert_eq!(s.apps.len(), 2);
+    // A nested batch is refused, and an unknown part makes the whole entry unsupported.
+    let nested = Command::Batch {
+        proposals: vec![prop(6, Command::Batch { proposals: vec![] })],
+    };
+    let Outcome::Batch { responses } = apply(&mut s, &prop(6, nested), 2).outcome else {
+        panic!()
+    };
+    assert!(matches!(responses[0].outcome, Outcome::Rejected { .. }));
+    let unknown = prop(
+        7,
+        Command::Batch {
+            proposals: vec![prop(7, Command::Unknown)],
+        },
+    );
+    assert!(!unknown.supported());
+}

@@ -86,7 +86,9 @@ fn schedule(s: &Schedule) -> Result<(), ApiError> {
         Schedule::FixedRate { every_ms } if *every_ms < MIN_FIXED_RATE_MS => {
             return Err(ApiError::invalid(
                 "schedule.every_ms",
-                format!("must be at least {MIN_FIXED_RATE_MS} (every fire is a replicated instance)"),
+                format!(
+                    "must be at least {MIN_FIXED_RATE_MS} (every fire is a replicated instance)"
+                ),
             ));
         }
         Schedule::FixedDelay { delay_ms } if *delay_ms == 0 => {
