@@ -374,7 +374,12 @@ async fn measure_trigger_lateness() {
                         to_dispatch.push(Duration::from_millis((d - fire).max(0) as u64));
                         to_start.push(Duration::from_millis((s - fire).max(0) as u64));
                     }
-                    _ => missing += 1,
+                    _ => {
+                        if missing == 0 {
+                            println!("not started: {i}");
+                        }
+                        missing += 1
+                    }
                 }
             }
         }

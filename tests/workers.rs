@@ -438,9 +438,10 @@ async fn broadcast_runs_on_every_live_worker() {
     );
 }
 
-/// Kills the leader while four instances run on two workers (one per protocol); each
-/// must finish once. With `one_server`, each worker is configured with node 1 only.
-async fn leader_kill_while_instances_run(one_server: bool) {
+/// Kills the leader while four instances run on two workers (one per protocol), each
+/// told about every server; each instance must finish once.
+#[tokio::test]
+async fn leader_kill_while_instances_run_loses_and_duplicates_nothing() {
     // A lease must outlast a leader failover (about 1 s) plus finding the new leader,
     // so this test uses 4 s rather than the 1.5 s of FAST_WORKERS.
     let mut c = TestCluster::start_with(
@@ -458,18 +459,8 @@ async fn leader_kill_while_instances_run(one_server: bool) {
     );
     c.wait_ready(&[1, 2, 3], READY).await;
     let token = app_token(&c, "f").await;
-    let first_ws = c.nodes[0].transports["ws"].to_string();
-    let first_http = c.nodes[0].transports["http"].to_string();
-    let (ws_extra, http_extra) = if one_server {
-        (
-            vec!["--servers", first_ws.as_str()],
-            vec!["--servers", first_http.as_str()],
-        )
-    } else {
-        (vec![], vec![])
-    };
-    let _w1 = TestWorker::start(&c, "f", &token, "ws", "one", &ws_extra);
-    let _w2 = TestWorker::start(&c, "f", &token, "http", "two", &http_extra);
+    let _w1 = TestWorker::start(&c, "f", &token, "ws", "one", &[]);
+    let _w2 = TestWorker::start(&c, "f", &token, "http", "two", &[]);
     wait_workers_live(&c, "f", 2).await;
     let (job, _) = create_job(
         &c,
@@ -507,18 +498,112 @@ async fn leader_kill_while_instances_run(one_server: bool) {
     }
 }
 
+/// A worker configured with one server, the leader, must follow the cluster to the new
+/// leader when that server is killed (`kill -9`): its heartbeats and reports reach the
+/// new leader well within the lease, so no attempt is lost or run twice.
 #[tokio::test]
-async fn leader_kill_while_instances_run_loses_and_duplicates_nothing() {
-    leader_kill_while_instances_run(false).await;
-}
-
-/// Known bug (left open in issue #3): a worker configured with a single server that is
-/// the leader sometimes does not reach the new leader before its lease runs out, and
-/// its attempt is lost. Run with `--ignored` to reproduce.
-#[tokio::test]
-#[ignore = "known bug: a worker told about one server does not always follow the leader"]
 async fn leader_kill_with_workers_told_about_one_server() {
-    leader_kill_while_instances_run(true).await;
+    // The lease must outlast a failover (about 1 s) plus finding the new leader.
+    let mut c = TestCluster::start_with(
+        3,
+        &[
+            "--worker-heartbeat-ms",
+            "200",
+            "--worker-lease-ms",
+            "4000",
+            "--worker-grace-ms",
+            "700",
+            "--no-worker-timeout-ms",
+            "1500",
+        ],
+    );
+    c.wait_ready(&[1, 2, 3], READY).await;
+    // Each worker is told about the leader only: the server that is killed below.
+    let leader = c.leader().await;
+    let (only_ws, only_http) = {
+        let n = c.node(leader);
+        (
+            n.transports["ws"].to_string(),
+            n.transports["http"].to_string(),
+        )
+    };
+    let token = app_token(&c, "f").await;
+    let w1 = TestWorker::start(&c, "f", &token, "ws", "one", &["--servers", &only_ws]);
+    let w2 = TestWorker::start(&c, "f", &token, "http", "two", &["--servers", &only_http]);
+    wait_workers_live(&c, "f", 2).await;
+    // The workers can only follow the cluster to servers they know of. A server publishes
+    // its transport addresses through Raft shortly after it starts, and heartbeat answers
+    // pass them on; so wait until every server has, and both workers learned all three.
+    {
+        let http = reqwest::Client::new();
+        let url = format!("http://{only_http}/transport/v1/discovery");
+        eventually(RUN, "every server's transport address", || {
+            let (http, url) = (http.clone(), url.clone());
+            async move {
+                let d: Value = http.get(&url).send().await.ok()?.json().await.ok()?;
+                (d["servers"].as_array()?.len() == 3).then_some(())
+            }
+        })
+        .await;
+        for w in [&w1, &w2] {
+            eventually(RUN, &format!("worker {} to know 3 servers", w.name), || {
+                let known = w.log_text().contains("known=3");
+                async move { known.then_some(()) }
+            })
+            .await;
+        }
+    }
+    let (job, _) = create_job(
+        &c,
+        api_job(
+            "f",
+            "slow",
+            json!({"type": "shell", "command": "sleep 2; echo ok"}),
+        ),
+    )
+    .await;
+    let mut ids = Vec::new();
+    for _ in 0..4 {
+        ids.push(run_job(&c, job, json!(null)).await);
+    }
+    for id in &ids {
+        wait_status(&c, *id, "running", RUN).await;
+    }
+    assert_eq!(
+        c.leader().await,
+        leader,
+        "the leader changed before the kill"
+    );
+    c.node(leader).kill();
+    let context = |c: &TestCluster| {
+        format!(
+            "\n--- worker one (ws) ---\n{}\n--- worker two (http) ---\n{}\n{}",
+            tail(&w1.log_text(), 80),
+            tail(&w2.log_text(), 80),
+            c.dump_logs()
+        )
+    };
+    for id in &ids {
+        let inst = wait_terminal(&c, *id, RUN).await;
+        assert_eq!(inst["status"], "succeeded", "{inst}{}", context(&c));
+        assert_eq!(
+            inst["attempts"].as_array().unwrap().len(),
+            1,
+            "ran once: {inst}{}",
+            context(&c)
+        );
+    }
+    let workers = c.client().get("/api/v1/workers?app=f").await.unwrap();
+    let list = workers["workers"].as_array().unwrap();
+    assert_eq!(list.len(), 2, "{workers}");
+    for w in list {
+        assert_ne!(
+            w["state"],
+            "lost",
+            "no worker is declared lost because of the election: {workers}{}",
+            context(&c)
+        );
+    }
 }
 
 #[tokio::test]

@@ -106,15 +106,21 @@ async fn maintain(node: &Node) {
     let mut metrics = node.raft.server_metrics();
     loop {
         let leader = metrics.borrow_and_update().current_leader;
+        // Until this node's addresses are published, workers that know only another
+        // server cannot fail over to it: retry soon, not at the next 5 s round.
+        let mut retry = Duration::from_secs(5);
         if leader.is_some() {
             if let Err(e) = publish_once(node).await {
                 tracing::debug!(error = %e, "Bookkeeping write did not go through yet.");
+                retry = Duration::from_millis(200);
             }
+        } else {
+            retry = Duration::from_millis(200);
         }
         tokio::select! {
             _ = node.shutdown.cancelled() => return,
             r = metrics.changed() => if r.is_err() { return },
-            _ = tokio::time::sleep(Duration::from_secs(5)) => {}
+            _ = tokio::time::sleep(retry) => {}
         }
     }
 }

@@ -147,7 +147,11 @@ fn scan(node: &Arc<Node>, inflight: &Inflight) {
                 _ => {
                     for a in open_attempts(inst) {
                         let key = (inst.id, a.number);
-                        let since = node.workers.since_renewal(key);
+                        // An attempt committed moments ago may not have been sent
+                        // (and so renewed) yet: its lease runs from its dispatch.
+                        let since_dispatch =
+                            Duration::from_millis((now - a.dispatched_at_ms).max(0) as u64);
+                        let since = node.workers.since_renewal(key).min(since_dispatch);
                         if since > lease_limit {
                             let reason =
                                 format!("no lease renewal for {:.1}s", since.as_secs_f64());
@@ -200,7 +204,11 @@ fn open_attempts(inst: &Instance) -> impl Iterator<Item = &Attempt> {
 }
 
 /// The workers that should run the job now, or why there are none.
-fn choose(node: &Node, state: &crate::state::State, job: &Job) -> Result<Vec<WorkerReg>, String> {
+pub(crate) fn choose(
+    node: &Node,
+    state: &crate::state::State,
+    job: &Job,
+) -> Result<Vec<WorkerReg>, String> {
     let app = state
         .apps
         .get(&job.app_id)
@@ -277,6 +285,25 @@ fn choose(node: &Node, state: &crate::state::State, job: &Job) -> Result<Vec<Wor
     };
     pick.map(|w| vec![w])
         .ok_or_else(|| "no candidate".to_string())
+}
+
+/// Sends committed attempts to their workers (each on its own task). Used by the
+/// scheduler for instances its `Fire` entry created already dispatched.
+pub(crate) fn send_committed(node: &Arc<Node>, instance_id: InstanceId, attempts: Vec<Attempt>) {
+    let workers: Vec<Option<WorkerReg>> = {
+        let guard = node.state.read().expect("state lock");
+        attempts
+            .iter()
+            .map(|a| guard.state.workers.get(&a.worker).cloned())
+            .collect()
+    };
+    for (a, w) in attempts.into_iter().zip(workers) {
+        // A registration cannot vanish between choice and commit (they are never
+        // removed), so a missing one is left to the lease.
+        if let Some(w) = w {
+            tokio::spawn(send_dispatch(node.clone(), w, instance_id, a));
+        }
+    }
 }
 
 async fn act(node: &Arc<Node>, action: Action) {

@@ -247,6 +247,12 @@ async fn watch_fatal(node: Arc<Node>) {
 }
 
 async fn serve(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) {
+    use axum::serve::ListenerExt;
+    // No Nagle: worker reports and dispatches are small frames that must not wait
+    // for delayed ACKs (that cost about 40 ms per report).
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
     let result = axum::serve(
         listener,
         router.into_make_service_with_connect_info::<SocketAddr>(),

@@ -183,6 +183,7 @@ impl Planner {
             skip: Vec::new(),
             skip_kind: Some(SkipKind::Misfire),
             skip_through_ms: None,
+            dispatch_to: Vec::new(),
         };
         match job.spec.misfire_policy {
             MisfirePolicy::Skip => {
@@ -280,6 +281,7 @@ impl Planner {
                 skip: Vec::new(),
                 skip_kind: None,
                 skip_through_ms: None,
+                dispatch_to: Vec::new(),
             });
         }
         for item in &items {
@@ -429,7 +431,9 @@ pub async fn run(node: Arc<Node>) {
                         "Caught up fire times more than the misfire threshold late."
                     );
                 }
-                planner.take_due(&guard.state, now)
+                let mut entries = planner.take_due(&guard.state, now);
+                choose_workers(&node, &guard.state, &mut entries);
+                entries
             };
             for items in entries {
                 tokio::spawn(propose_fire(node.clone(), items, done_tx.clone()));
@@ -459,6 +463,26 @@ pub async fn run(node: Arc<Node>) {
     }
 }
 
+/// Picks workers for each single run now, so the `Fire` entry creates the
+/// instance already dispatched. Instances without a worker right now are left to
+/// the dispatcher, which waits for one and explains why none fits.
+fn choose_workers(node: &Node, state: &State, entries: &mut [Vec<FireItem>]) {
+    for item in entries.iter_mut().flatten() {
+        if item.run.len() != 1 {
+            continue;
+        }
+        let Some(job) = state.jobs.get(&item.job_id) else {
+            continue;
+        };
+        if let Ok(workers) = super::dispatcher::choose(node, state, job) {
+            for w in &workers {
+                node.workers.reserve(&w.id);
+            }
+            item.dispatch_to = workers.into_iter().map(|w| w.id).collect();
+        }
+    }
+}
+
 async fn propose_fire(
     node: Arc<Node>,
     items: Vec<FireItem>,
@@ -468,8 +492,23 @@ async fn propose_fire(
     let count = items.len();
     match node.propose_as_leader(Command::Fire { items }).await {
         Ok(resp) => {
-            if let Outcome::Fired { created, skipped } = resp.outcome {
-                tracing::debug!(jobs = count, created = created.len(), skipped, "Fired.");
+            if let Outcome::Fired {
+                created,
+                skipped,
+                dispatched,
+            } = resp.outcome
+            {
+                tracing::debug!(
+                    jobs = count,
+                    created = created.len(),
+                    dispatched = dispatched.len(),
+                    skipped,
+                    "Fired."
+                );
+                // Committed: only now may the dispatches leave this node.
+                for d in dispatched {
+                    super::dispatcher::send_committed(&node, d.instance_id, d.attempts);
+                }
             }
         }
         Err(e) => {

@@ -1,8 +1,8 @@
 //! `apply`: the transition function of the replicated state machine.
 
 use super::command::AttemptEvent;
-use super::command::FireItem;
 use super::command::{Command, Outcome, Proposal, Response, StateError};
+use super::command::{FireItem, FiredDispatch};
 use super::model::{
     App, Attempt, ConcurrencyPolicy, ExecutionMode, FencingToken, Instance, InstanceId,
     InstanceStatus, Job, JobId, JobSpec, Millis, NodeAddrs, SkipKind, SkipRecord, Trigger,
@@ -195,7 +195,7 @@ fn execute(state: &mut State, cmd: &Command, pos: FencingToken) -> Outcome {
             update_job(state, *id, now, |job| job.spec.enabled = *enabled)
         }
         Command::Tick => Outcome::None,
-        Command::Fire { items } => fire(state, items, now),
+        Command::Fire { items } => fire(state, items, pos, now),
         Command::Prune {
             max_age_ms,
             max_per_job,
@@ -647,8 +647,9 @@ fn settle(inst: &mut Instance, job: Option<&Job>, now: Millis) {
 /// everything it accepted. Times at or before the cursor were handled already (by
 /// this or an earlier leader) and are ignored: that is what makes each fire time
 /// happen at most once.
-fn fire(state: &mut State, items: &[FireItem], now: Millis) -> Outcome {
+fn fire(state: &mut State, items: &[FireItem], pos: FencingToken, now: Millis) -> Outcome {
     let mut created = Vec::new();
+    let mut dispatched = Vec::new();
     let mut skipped = 0;
     for item in items {
         let Some(job) = state.jobs.get(&item.job_id) else {
@@ -702,6 +703,16 @@ fn fire(state: &mut State, items: &[FireItem], now: Millis) -> Outcome {
                     instance.fire_time_ms = Some(t);
                     insert_instance(state, instance);
                     created.push(id);
+                    if item.run.len() == 1 && !item.dispatch_to.is_empty() {
+                        if let Outcome::Dispatched { attempts } =
+                            dispatch(state, id, &item.dispatch_to, pos, now)
+                        {
+                            dispatched.push(FiredDispatch {
+                                instance_id: id,
+                                attempts,
+                            });
+                        }
+                    }
                 }
                 Err((kind, message)) => skips.push(Skip::one(t, kind, message)),
             }
@@ -714,7 +725,11 @@ fn fire(state: &mut State, items: &[FireItem], now: Millis) -> Outcome {
         skipped += skips.len();
         record_skips(state, item.job_id, skips, now);
     }
-    Outcome::Fired { created, skipped }
+    Outcome::Fired {
+        created,
+        skipped,
+        dispatched,
+    }
 }
 
 /// A skip about to be recorded.

@@ -188,6 +188,18 @@ pub struct FireItem {
     /// instant: set when more times were missed than the scheduler enumerates.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub skip_through_ms: Option<Millis>,
+    /// Workers the leader chose for the (single) run: the instance is created
+    /// already dispatched, stamped with this entry's fencing token, which saves a
+    /// Raft round per fire. Empty: the dispatcher picks workers afterwards.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub dispatch_to: Vec<String>,
+}
+
+/// An instance a `Fire` created already dispatched, with its attempts.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FiredDispatch {
+    pub instance_id: InstanceId,
+    pub attempts: Vec<Attempt>,
 }
 
 /// What apply answers; returned to the proposer and recorded for request ids.
@@ -231,6 +243,9 @@ pub enum Outcome {
     Fired {
         created: Vec<InstanceId>,
         skipped: usize,
+        /// The created instances that were dispatched in the same entry.
+        #[serde(default, skip_serializing_if = "Vec::is_empty")]
+        dispatched: Vec<FiredDispatch>,
     },
     /// One response per proposal of a `Batch`, in order.
     Batch {

@@ -40,6 +40,16 @@ pub enum WorkerError {
     Unreachable { servers: String, last: String },
 }
 
+/// How long one registration request keeps looking for a server before the
+/// registration loop pauses and tries again.
+const REGISTER_WINDOW: Duration = Duration::from_secs(10);
+/// How long one heartbeat keeps looking for the leader before a fresh one is sent (at
+/// least one heartbeat interval, at most half a lease).
+const HEARTBEAT_WINDOW: Duration = Duration::from_secs(1);
+/// How long one report request keeps looking for the leader before the report loop
+/// pauses and sends it again (a report is never given up while the worker runs).
+const REPORT_WINDOW: Duration = Duration::from_secs(10);
+
 /// What the server told us at registration.
 #[derive(Debug, Clone)]
 pub(crate) struct Session {
@@ -192,7 +202,7 @@ impl Core {
         });
         let mut delay = Duration::from_millis(100);
         loop {
-            match self.link.call(msg.clone()).await {
+            match self.link.call(&msg, REGISTER_WINDOW).await {
                 Ok(ServerMsg::Registered(r)) => {
                     self.on_registered(r);
                     return Ok(());
@@ -253,7 +263,13 @@ impl Core {
                 running: held.len() as u32,
                 max_concurrency: self.cfg.max_concurrency,
             });
-            match self.link.call(msg).await {
+            // Keep trying (following the leader) for a while, then send a fresh heartbeat:
+            // a renewal counts from when its heartbeat left, so an old one renews less.
+            let window = session
+                .heartbeat
+                .max(HEARTBEAT_WINDOW)
+                .min(session.lease / 2);
+            match self.link.call(&msg, window).await {
                 Ok(ServerMsg::HeartbeatAck(ack)) => {
                     self.observe_term(&ack.cluster_id, ack.term);
                     self.link.learn_servers(&ack.servers);
@@ -499,16 +515,13 @@ impl Core {
         }
     }
 
-    /// Sends a report to the leader, following leader changes, until it is acknowledged
-    /// or the attempt's lease would have run out.
+    /// Sends a report to the leader, following leader changes, until it is acknowledged.
+    /// A report is never dropped while the worker runs: the leader's answer settles it
+    /// (`accepted: false` when the attempt's fate was already decided without it), so
+    /// it is resent until an answer comes, or the worker stops.
     async fn report(&self, attempt: AttemptRef, event: AttemptEvent) {
-        let deadline = Instant::now()
-            + self
-                .session()
-                .map(|s| s.lease)
-                .unwrap_or(Duration::from_secs(5))
-                * 2;
-        let mut delay = Duration::from_millis(50);
+        let mut delay = Duration::from_millis(25);
+        let mut tries = 0u32;
         loop {
             let Some(session) = self.session() else {
                 return;
@@ -519,9 +532,19 @@ impl Core {
                 attempt,
                 event: event.clone(),
             });
-            match self.link.call(msg).await {
+            tries += 1;
+            match self.link.call(&msg, REPORT_WINDOW).await {
                 Ok(ServerMsg::ReportAck(ack)) => {
                     self.observe_term(&session.cluster_id, ack.term);
+                    if tries > 1 {
+                        tracing::info!(
+                            instance_id = attempt.instance_id,
+                            attempt = attempt.attempt,
+                            tries,
+                            accepted = ack.accepted,
+                            "Report delivered."
+                        );
+                    }
                     if !ack.accepted {
                         // A stale attempt: make sure it does not keep running.
                         if let Some(h) = self
@@ -535,16 +558,38 @@ impl Core {
                     }
                     return;
                 }
-                Ok(other) => tracing::debug!(answer = ?other, "Report not taken yet; retrying."),
-                Err(e) => tracing::debug!(error = %e, "Report failed; retrying."),
+                // `unknown_worker`/`bad_credential`: the heartbeat loop registers again;
+                // `unavailable`/`not_ready`: the cluster could not commit it yet.
+                Ok(other) => {
+                    let why = format!("{other:?}");
+                    log_retry(tries, attempt, &why);
+                }
+                Err(e) => log_retry(tries, attempt, &e.to_string()),
             }
-            if Instant::now() >= deadline || self.shutdown.is_cancelled() {
-                tracing::warn!(instance_id = attempt.instance_id, "Giving up on a report.");
-                return;
+            tokio::select! {
+                _ = self.shutdown.cancelled() => {
+                    tracing::warn!(instance_id = attempt.instance_id, "Stopping: a report was not delivered.");
+                    return;
+                }
+                _ = tokio::time::sleep(delay) => {}
             }
-            tokio::time::sleep(delay).await;
             delay = (delay * 2).min(Duration::from_millis(500));
         }
+    }
+}
+
+/// The first failure of a report at info, the next ones at debug (a report is resent
+/// every half second at most, for as long as the leader cannot be reached).
+fn log_retry(tries: u32, attempt: AttemptRef, why: &str) {
+    if tries == 1 {
+        tracing::info!(
+            instance_id = attempt.instance_id,
+            attempt = attempt.attempt,
+            %why,
+            "Report not delivered yet; resending it until the leader answers."
+        );
+    } else {
+        tracing::debug!(instance_id = attempt.instance_id, tries, %why, "Report not delivered yet.");
     }
 }
 

@@ -142,13 +142,15 @@ fn a_cron_fires_each_time_once_and_the_cursor_refuses_a_repeat() {
         skip: vec![],
         skip_kind: None,
         skip_through_ms: None,
+        dispatch_to: vec![],
     };
     let out = w.apply(T0 + SEC, Command::Fire { items: vec![dup] });
     assert_eq!(
         out,
         Outcome::Fired {
             created: vec![],
-            skipped: 0
+            skipped: 0,
+            dispatched: vec![]
         }
     );
     // Three more seconds: three more instances, consecutive fire times.
@@ -385,13 +387,15 @@ fn disabling_a_job_disarms_it_and_a_stale_version_is_ignored() {
         skip: vec![],
         skip_kind: None,
         skip_through_ms: None,
+        dispatch_to: vec![],
     };
     let out = w.apply(T0 + SEC, Command::Fire { items: vec![item] });
     assert_eq!(
         out,
         Outcome::Fired {
             created: vec![],
-            skipped: 0
+            skipped: 0,
+            dispatched: vec![]
         }
     );
 }
@@ -502,4 +506,37 @@ fn a_skipped_fixed_delay_time_does_not_stop_the_job() {
     );
     w.finish(T0 + SEC, manual);
     assert_eq!(w.tick(&mut p, T0 + 2 * SEC).len(), 1);
+}
+
+#[test]
+fn a_fire_can_dispatch_its_instance_in_the_same_entry() {
+    let mut w = World::new();
+    let job = w.job(T0 + 1, every_second());
+    let item = FireItem {
+        job_id: job,
+        job_version: w.state.jobs[&job].version,
+        run: vec![T0 + SEC],
+        skip: vec![],
+        skip_kind: None,
+        skip_through_ms: None,
+        dispatch_to: vec!["app/w1".into()],
+    };
+    let out = w.apply(T0 + SEC, Command::Fire { items: vec![item] });
+    let Outcome::Fired {
+        created,
+        dispatched,
+        ..
+    } = out
+    else {
+        panic!("{out:?}")
+    };
+    assert_eq!(dispatched.len(), 1);
+    assert_eq!(dispatched[0].instance_id, created[0]);
+    let inst = &w.state.instances[&created[0]];
+    assert_eq!(inst.status, InstanceStatus::Dispatched);
+    assert_eq!(inst.dispatched_at_ms, Some(T0 + SEC));
+    let a = &inst.attempts[0];
+    assert_eq!(a.worker, "app/w1");
+    // The fencing token is the Fire entry's own (term, index).
+    assert_eq!((a.fencing_token.term, a.fencing_token.index), (1, w.index));
 }

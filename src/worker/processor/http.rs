@@ -4,6 +4,10 @@ use std::collections::BTreeMap;
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
+// reqwest 0.12 with rustls (ring), renamed in Cargo.toml: the crate's own `reqwest`
+// (0.13) is built without TLS. See the comment on `reqwest-tls` there.
+use reqwest_tls as reqwest;
+
 use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 
@@ -11,11 +15,6 @@ use super::{truncate_on_char_boundary, ProcessContext, ProcessError, ProcessOutc
 
 /// How much of the response body goes into the result; the rest is not even read.
 const BODY_CAP: usize = 4096;
-
-/// This build's reqwest has no TLS backend (no `rustls`/`native-tls` feature), so https
-/// cannot work; say so up front instead of surfacing a connector error. Flip this when a
-/// TLS feature is enabled in Cargo.toml.
-const TLS_SUPPORTED: bool = false;
 
 /// Sends `method url` with `headers` and `body`. Success iff the status is in
 /// `expect_status`.
@@ -32,11 +31,29 @@ pub struct HttpProcessor {
 /// One client for every HTTP job on this worker, so connections are pooled.
 fn shared_client() -> &'static reqwest::Client {
     static CLIENT: OnceLock<reqwest::Client> = OnceLock::new();
-    CLIENT.get_or_init(|| {
-        reqwest::Client::builder()
-            .user_agent(concat!("raftjob/", env!("CARGO_PKG_VERSION")))
+    CLIENT.get_or_init(|| client_with_roots(&[]))
+}
+
+/// An HTTP(S) client. https servers are verified against Mozilla's root certificates
+/// (webpki-roots), the system's (`/etc/ssl/certs`, or `SSL_CERT_FILE`/`SSL_CERT_DIR`),
+/// and `extra_roots`. TLS is rustls with the `ring` provider.
+fn client_with_roots(extra_roots: &[reqwest::Certificate]) -> reqwest::Client {
+    let builder = || {
+        let mut b = reqwest::Client::builder()
+            .use_rustls_tls()
+            .user_agent(concat!("raftjob/", env!("CARGO_PKG_VERSION")));
+        for root in extra_roots {
+            b = b.add_root_certificate(root.clone());
+        }
+        b
+    };
+    builder().build().unwrap_or_else(|e| {
+        // Only the system's store can fail to load (no valid certificate in it).
+        tracing::warn!(error = %e, "Cannot use the system's root certificates; https jobs trust Mozilla's roots only.");
+        builder()
+            .tls_built_in_native_certs(false)
             .build()
-            .unwrap_or_else(|_| reqwest::Client::new())
+            .expect("an HTTP client with built-in roots builds")
     })
 }
 
@@ -66,18 +83,10 @@ impl HttpProcessor {
         let url = Url::parse(&self.url)
             .map_err(|e| ProcessError::Http(format!("invalid URL {:?}: {e}", self.url)))?;
         match url.scheme() {
-            "http" => {}
-            "https" if TLS_SUPPORTED => {}
-            "https" => {
-                return Err(ProcessError::Http(format!(
-                    "cannot request {}: TLS is not enabled in this build of raftjob, so https \
-                     URLs are not supported (use http)",
-                    self.url
-                )))
-            }
+            "http" | "https" => {}
             other => {
                 return Err(ProcessError::Http(format!(
-                    "unsupported URL scheme {other:?} in {:?}: use http",
+                    "unsupported URL scheme {other:?} in {:?}: use http or https",
                     self.url
                 )))
             }
@@ -372,11 +381,19 @@ mod tests {
     #[tokio::test]
     async fn clear_errors() {
         let (ctx, _rx) = context(None);
-        let err = get_("https://example.com/".into(), vec![200])
+        let err = get_("ftp://127.0.0.1/x".into(), vec![200])
             .process(ctx)
             .await
-            .expect_err("no TLS");
-        assert!(err.to_string().contains("TLS is not enabled"), "{err}");
+            .expect_err("bad scheme");
+        assert!(err.to_string().contains("use http or https"), "{err}");
+
+        // https is supported: nothing listens on port 1, so the connection is refused.
+        let (ctx, _rx) = context(Some(Duration::from_secs(10)));
+        let err = get_("https://127.0.0.1:1/".into(), vec![200])
+            .process(ctx)
+            .await
+            .expect_err("refused");
+        assert!(err.to_string().to_lowercase().contains("refused"), "{err}");
 
         let (ctx, _rx) = context(None);
         let err = get_("not a url".into(), vec![200])
@@ -404,5 +421,128 @@ mod tests {
             .expect_err("refused");
         assert!(matches!(err, ProcessError::Http(_)), "{err}");
         assert!(err.to_string().to_lowercase().contains("refused"), "{err}");
+    }
+
+    // A test CA and a server certificate it signed, for `localhost` and 127.0.0.1, valid
+    // from 2000 to 2999 (made with Python's `cryptography`; test material, not a secret).
+    const TEST_CA: &str = "\
+-----BEGIN CERTIFICATE-----\n\
+MIIBeTCCASCgAwIBAgIUN+o6s5+d8ytzIkXtRs/q7zNaIdYwCgYIKoZIzj0EAwIw\n\
+GjEYMBYGA1UEAwwPcmFmdGpvYiB0ZXN0IENBMCAXDTAwMDEwMTAwMDAwMFoYDzI5\n\
+OTkxMjMxMDAwMDAwWjAaMRgwFgYDVQQDDA9yYWZ0am9iIHRlc3QgQ0EwWTATBgcq\n\
+hkjOPQIBBggqhkjOPQMBBwNCAAQvqKCgQNYT3BS1yZK6SB4QzTb+n5mjpHxgKeaf\n\
+Go++FflevdxYpebLI3bJN2XKAsWx+AjyiQzKgrIgtZUJl/9uo0IwQDAPBgNVHRMB\n\
+Af8EBTADAQH/MA4GA1UdDwEB/wQEAwIBBjAdBgNVHQ4EFgQU3RzAjP87c25eNJnd\n\
+h59wDiqkidswCgYIKoZIzj0EAwIDRwAwRAIgURkkkrPOWnV9ytbLZ2pvgFr8jMhe\n\
+nM7HUZ0VJaBsLqkCIGxMItQaCHXl06g711SAifK+sC1Hh2+MnBDCO6JFuoJ7\n\
+-----END CERTIFICATE-----\n\
+";
+    const TEST_SERVER_CERT: &str = "\
+-----BEGIN CERTIFICATE-----\n\
+MIIBpDCCAUqgAwIBAgIUPj1EdBOam8oCgz0Ed3CIWmLjqrEwCgYIKoZIzj0EAwIw\n\
+GjEYMBYGA1UEAwwPcmFmdGpvYiB0ZXN0IENBMCAXDTAwMDEwMTAwMDAwMFoYDzI5\n\
+OTkxMjMxMDAwMDAwWjAUMRIwEAYDVQQDDAlsb2NhbGhvc3QwWTATBgcqhkjOPQIB\n\
+BggqhkjOPQMBBwNCAAT3haGD6Pal+mpoOyu0SitDZZOoayHH2d6PxLB9EzjdzSwB\n\
+w/6I2ilqRZnSSI2dQOrFLkSzqePtzkjJlFvR2yoHo3IwcDAMBgNVHRMBAf8EAjAA\n\
+MA4GA1UdDwEB/wQEAwIHgDATBgNVHSUEDDAKBggrBgEFBQcDATAaBgNVHREEEzAR\n\
+gglsb2NhbGhvc3SHBH8AAAEwHwYDVR0jBBgwFoAU3RzAjP87c25eNJndh59wDiqk\n\
+idswCgYIKoZIzj0EAwIDSAAwRQIhAMoDrkHjbHIIZOmcZvTpZY7UKVJcRREedqdY\n\
+AeKyiO2gAiAdxsf78E1HyWHACNmbGNlYTMCNGHib0Fbbj7IZKZEGKQ==\n\
+-----END CERTIFICATE-----\n\
+";
+    const TEST_SERVER_KEY: &str = "\
+-----BEGIN PRIVATE KEY-----\n\
+MIGHAgEAMBMGByqGSM49AgEGCCqGSM49AwEHBG0wawIBAQQgpcHIREeERQIDPjai\n\
+DNr12M6hIPgpN1CTLtf0Xs06plKhRANCAAT3haGD6Pal+mpoOyu0SitDZZOoayHH\n\
+2d6PxLB9EzjdzSwBw/6I2ilqRZnSSI2dQOrFLkSzqePtzkjJlFvR2yoH\n\
+-----END PRIVATE KEY-----\n\
+";
+
+    /// An https server on 127.0.0.1:0 with the test certificate. It answers every request
+    /// with `200 OK` and `hello over tls`, then closes the connection. Returns the base URL.
+    async fn tls_server() -> String {
+        use std::sync::Arc;
+        use tokio::io::{AsyncReadExt, AsyncWriteExt};
+        use tokio_rustls::rustls;
+        use tokio_rustls::rustls::pki_types::pem::PemObject;
+        use tokio_rustls::rustls::pki_types::{CertificateDer, PrivateKeyDer};
+
+        let certs = vec![CertificateDer::from_pem_slice(TEST_SERVER_CERT.as_bytes()).unwrap()];
+        let key = PrivateKeyDer::from_pem_slice(TEST_SERVER_KEY.as_bytes()).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_safe_default_protocol_versions()
+        .unwrap()
+        .with_no_client_auth()
+        .with_single_cert(certs, key)
+        .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(Arc::new(config));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            while let Ok((tcp, _)) = listener.accept().await {
+                let acceptor = acceptor.clone();
+                tokio::spawn(async move {
+                    // A failed handshake (a client that refuses the certificate) just ends.
+                    let Ok(mut tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let mut head = Vec::new();
+                    let mut buf = [0u8; 1024];
+                    while !head.windows(4).any(|w| w == b"\r\n\r\n") {
+                        match tls.read(&mut buf).await {
+                            Ok(0) | Err(_) => return,
+                            Ok(n) => head.extend_from_slice(&buf[..n]),
+                        }
+                    }
+                    let body = "hello over tls";
+                    let response = format!(
+                        "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                        body.len()
+                    );
+                    let _ = tls.write_all(response.as_bytes()).await;
+                    let _ = tls.shutdown().await;
+                });
+            }
+        });
+        format!("https://127.0.0.1:{}", addr.port())
+    }
+
+    #[tokio::test]
+    async fn https_works_against_a_server_with_a_trusted_certificate() {
+        let base = tls_server().await;
+        let ca = reqwest::Certificate::from_pem(TEST_CA.as_bytes()).unwrap();
+        let mut p = get_(format!("{base}/hello"), vec![200]);
+        p.client = client_with_roots(&[ca]);
+        let (ctx, mut rx) = context(Some(Duration::from_secs(10)));
+        let outcome = p.process(ctx).await.expect("runs");
+        assert!(outcome.success, "{outcome:?}");
+        assert!(
+            outcome.result.starts_with("status 200 in ")
+                && outcome.result.ends_with(" ms\nhello over tls"),
+            "{}",
+            outcome.result
+        );
+        assert_eq!(
+            drain(&mut rx),
+            vec![
+                format!("HTTP GET {base}/hello"),
+                "HTTP/1.1 200 OK".to_string()
+            ]
+        );
+    }
+
+    #[tokio::test]
+    async fn https_refuses_a_certificate_from_an_unknown_issuer() {
+        // The shared client trusts Mozilla's and the system's roots, not the test CA.
+        let base = tls_server().await;
+        let (ctx, _rx) = context(Some(Duration::from_secs(10)));
+        let err = get_(format!("{base}/hello"), vec![200])
+            .process(ctx)
+            .await
+            .expect_err("an unknown issuer");
+        assert!(matches!(err, ProcessError::Http(_)), "{err}");
+        assert!(err.to_string().contains("certificate"), "{err}");
     }
 }
