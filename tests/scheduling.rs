@@ -37,6 +37,44 @@ fn fire_times(instances: &[Value]) -> Vec<i64> {
         .collect()
 }
 
+/// Checks that a 1-second cron's fire times are unique and that every second from
+/// its first to its last fire was either run or recorded as skipped; returns the
+/// instances and the skip records.
+async fn assert_every_second_accounted(c: &TestCluster, job: u64) -> (Vec<Value>, Vec<Value>) {
+    let instances = instances_of(c, job).await;
+    let times = fire_times(&instances);
+    let unique: BTreeSet<i64> = times.iter().copied().collect();
+    assert_eq!(
+        unique.len(),
+        times.len(),
+        "a fire time ran twice: {times:?}"
+    );
+    let skipped = c
+        .client()
+        .get(&format!("/api/v1/jobs/{job}/skipped?limit=1000"))
+        .await
+        .unwrap();
+    let skipped = skipped["skipped"].as_array().unwrap().clone();
+    let mut covered = unique.clone();
+    for s in &skipped {
+        let from = s["fire_time_ms"].as_i64().unwrap();
+        let through = s["through_ms"].as_i64().unwrap_or(from);
+        covered.extend((from..=through).filter(|t| t % 1000 == 0));
+    }
+    let first = *covered.first().expect("the job fired");
+    let last = *covered.last().unwrap();
+    let missing: Vec<i64> = (first / 1000..=last / 1000)
+        .map(|s| s * 1000)
+        .filter(|t| !covered.contains(t))
+        .collect();
+    assert!(
+        missing.is_empty(),
+        "seconds neither run nor recorded as skipped: {missing:?}\n{}",
+        c.dump_logs()
+    );
+    (instances, skipped)
+}
+
 #[tokio::test]
 async fn cron_and_fixed_rate_jobs_fire_on_time_and_show_their_schedule() {
     let c = TestCluster::start_with(3, FAST_WORKERS);
@@ -214,35 +252,7 @@ async fn a_one_second_cron_runs_each_second_once_across_a_leader_kill() {
         .post(&format!("/api/v1/jobs/{job}/disable"), &json!({}))
         .await
         .unwrap();
-    let instances = instances_of(&c, job).await;
-    let times = fire_times(&instances);
-    let unique: BTreeSet<i64> = times.iter().copied().collect();
-    assert_eq!(
-        unique.len(),
-        times.len(),
-        "a fire time ran twice: {times:?}"
-    );
-    let skipped = c
-        .client()
-        .get(&format!("/api/v1/jobs/{job}/skipped?limit=1000"))
-        .await
-        .unwrap();
-    let mut covered = unique.clone();
-    for s in skipped["skipped"].as_array().unwrap() {
-        let from = s["fire_time_ms"].as_i64().unwrap();
-        let through = s["through_ms"].as_i64().unwrap_or(from);
-        covered.extend((from..=through).filter(|t| t % 1000 == 0));
-    }
-    let (first, last) = (*unique.first().unwrap(), *unique.last().unwrap());
-    let missing: Vec<i64> = (first / 1000..=last / 1000)
-        .map(|s| s * 1000)
-        .filter(|t| !covered.contains(t))
-        .collect();
-    assert!(
-        missing.is_empty(),
-        "seconds neither run nor recorded as skipped: {missing:?}\n{}",
-        c.dump_logs()
-    );
+    let (instances, skipped) = assert_every_second_accounted(&c, job).await;
     // What the kill cost, for the closing note (not asserted: a figure, not a bound).
     let late: Vec<(i64, i64)> = instances
         .iter()
@@ -255,7 +265,7 @@ async fn a_one_second_cron_runs_each_second_once_across_a_leader_kill() {
         .collect();
     println!(
         "leader kill: node {new_leader} led {elected:?} after the kill; (fire time - kill, lateness) in ms: {late:?}; skipped: {}",
-        skipped["skipped"].as_array().unwrap().len()
+        skipped.len()
     );
     for i in &instances {
         assert!(
@@ -337,5 +347,93 @@ async fn ten_thousand_jobs_load_and_schedule_after_a_restart() {
     println!(
         "10,001 jobs: cluster ready and scheduling {:?} after the restart; {armed_line}",
         started.elapsed()
+    );
+}
+
+/// The whole cluster is down for a few seconds: on restart, the `fire_once` job runs
+/// one catch-up instance and records the other missed seconds as skipped; the `skip`
+/// job runs none of them. Nothing is dropped silently.
+#[tokio::test]
+async fn a_cluster_outage_is_caught_up_by_each_jobs_misfire_policy() {
+    let mut c = TestCluster::start_with(3, &["--misfire-threshold-ms", "1000"]);
+    c.wait_ready(&[1, 2, 3], READY).await;
+    c.client().create_app("m").await.unwrap();
+    let job = |name: &str, policy: &str| {
+        json!({"app": "m", "name": name, "misfire_policy": policy,
+            "schedule": {"type": "cron", "expr": "* * * * * *"},
+            "processor": {"type": "shell", "command": "true"}})
+    };
+    let once = create_job(&c, job("once", "fire_once")).await;
+    let skip = create_job(&c, job("skip", "skip")).await;
+    eventually(Duration::from_secs(15), "both jobs fired twice", || {
+        let c = &c;
+        async move {
+            let a = instances_of(c, once).await.len();
+            let b = instances_of(c, skip).await.len();
+            (a >= 2 && b >= 2).then_some(())
+        }
+    })
+    .await;
+    for id in 1..=3 {
+        c.node(id).stop();
+    }
+    let down_at = chrono::Utc::now().timestamp_millis();
+    // The outage itself: the scenario needs the cluster down for a while.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    for id in 1..=3 {
+        c.node(id).start();
+    }
+    c.wait_ready(&[1, 2, 3], READY).await;
+    let up_at = chrono::Utc::now().timestamp_millis();
+    eventually(Duration::from_secs(20), "fires after the restart", || {
+        let c = &c;
+        async move {
+            let a = fire_times(&instances_of(c, once).await);
+            let b = fire_times(&instances_of(c, skip).await);
+            (a.last() > Some(&(up_at + 1000)) && b.last() > Some(&(up_at + 1000))).then_some(())
+        }
+    })
+    .await;
+    for id in [once, skip] {
+        c.client()
+            .post(&format!("/api/v1/jobs/{id}/disable"), &json!({}))
+            .await
+            .unwrap();
+    }
+    let lateness =
+        |i: &Value| i["created_at_ms"].as_i64().unwrap() - i["fire_time_ms"].as_i64().unwrap();
+    let (runs, skips) = assert_every_second_accounted(&c, once).await;
+    assert!(
+        skips.len() >= 3,
+        "the outage's seconds are recorded: {skips:?}"
+    );
+    assert!(skips.iter().all(|s| s["kind"] == "misfire"), "{skips:?}");
+    // The catch-up run is for the latest missed second, right after the skipped ones,
+    // and it is late by at least the threshold.
+    let last_skip = skips
+        .iter()
+        .filter_map(|s| s["fire_time_ms"].as_i64())
+        .max()
+        .unwrap();
+    let catch_up = runs
+        .iter()
+        .find(|i| i["fire_time_ms"].as_i64() == Some(last_skip + 1000))
+        .unwrap_or_else(|| panic!("no catch-up run after the skipped {last_skip}: {runs:?}"));
+    assert!(lateness(catch_up) >= 950, "{catch_up}");
+    assert!(
+        last_skip > down_at && last_skip < up_at,
+        "{last_skip} {down_at} {up_at}"
+    );
+
+    let (runs, skips) = assert_every_second_accounted(&c, skip).await;
+    assert!(skips.len() >= 3, "{skips:?}");
+    // Under `skip` nothing runs late beyond the threshold (1 s, plus apply time).
+    for i in &runs {
+        assert!(lateness(i) < 1250, "skip ran a missed time: {i}");
+    }
+    let log = c.dump_logs();
+    assert!(
+        log.contains("catch_up_jobs=2"),
+        "the new leader logs its catch-up: {log}"
     );
 }
