@@ -369,7 +369,16 @@ Try it (in another terminal; any node accepts every request):
   curl -sS "$R/api/v1/workers?app=demo" -H "Authorization: Bearer \$TOKEN"$pretty
   curl -sS $W/api/v1/cluster -H "Authorization: Bearer \$TOKEN"$pretty
 
-Scheduling (cron, fixed rate) is not built yet: jobs run when you call /run.
+  # A job on a schedule: every 10 seconds (cron with seconds, in a time zone).
+  # Its next fire times, and later its instances and any skipped fire times:
+  CRON_ID=\$(curl -sS -X POST $W/api/v1/jobs \\
+    -H "Authorization: Bearer \$TOKEN" -H 'Content-Type: application/json' \\
+    -d '{"app":"demo","name":"tick","schedule":{"type":"cron","expr":"*/10 * * * * *","timezone":"Europe/Berlin"},"processor":{"type":"shell","command":"date"}}' \\
+    | $take_id); echo "job \$CRON_ID"
+  curl -sS "$R/api/v1/jobs/\$CRON_ID/schedule?count=3" -H "Authorization: Bearer \$TOKEN"$pretty
+  curl -sS "$R/api/v1/instances?job_id=\$CRON_ID&limit=3" -H "Authorization: Bearer \$TOKEN"$pretty
+  curl -sS "$R/api/v1/jobs/\$CRON_ID/skipped" -H "Authorization: Bearer \$TOKEN"$pretty
+  curl -sS -X POST $W/api/v1/jobs/\$CRON_ID/disable -H "Authorization: Bearer \$TOKEN"$pretty
 
 Press Ctrl-C to stop the cluster.
 EOF
