@@ -7,7 +7,9 @@
 //! - [`schedule`]: cron and time-zone arithmetic shared by validation and scheduling.
 //! - [`config`]: the one validated server configuration.
 //! - [`client`]: a Rust client of the HTTP API, used by the CLI and the tests.
+//! - [`cli`]: the operator CLI (`raftjob cluster|job|instance|app`, `raftjob worker list`).
 
+pub mod cli;
 pub mod client;
 pub mod config;
 pub mod protocol;

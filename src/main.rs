@@ -1,8 +1,11 @@
-//! The `raftjob` command: `raftjob server` runs a server node.
+//! The `raftjob` command: `raftjob server` runs a server node, `raftjob worker` runs a
+//! worker, and `raftjob cluster|job|instance|app|worker list` are the operator CLI
+//! (`src/cli/`, docs/cli.md).
 
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use raftjob::cli;
 use raftjob::config::{LogFormat, ServerArgs, ServerConfig};
 use raftjob::worker::{Worker, WorkerArgs, WorkerConfig};
 use tracing_subscriber::EnvFilter;
@@ -23,8 +26,17 @@ struct Cli {
 enum Cmd {
     /// Run a server node (one of the Raft group).
     Server(ServerArgs),
-    /// Run a worker that executes jobs of one app (shell and http processors).
-    Worker(WorkerArgs),
+    /// Run a worker that executes jobs of one app (shell and http processors), or
+    /// `raftjob worker list` to list the registered workers.
+    Worker(cli::worker::WorkerCmd),
+    /// Cluster status and membership changes (over a server's api port).
+    Cluster(cli::cluster::ClusterCmd),
+    /// Create, list, show, run, enable and disable jobs.
+    Job(cli::job::JobCmd),
+    /// Show, list, stop instances and read their logs.
+    Instance(cli::instance::InstanceCmd),
+    /// Create and list apps.
+    App(cli::app::AppCmd),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -45,7 +57,14 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
         Cmd::Server(args) => run_server(args),
-        Cmd::Worker(args) => run_worker(args),
+        Cmd::Worker(w) => match w.command {
+            Some(sub) => cli::worker::run(sub),
+            None => run_worker(w.run),
+        },
+        Cmd::Cluster(c) => cli::cluster::run(c),
+        Cmd::Job(c) => cli::job::run(c),
+        Cmd::Instance(c) => cli::instance::run(c),
+        Cmd::App(c) => cli::app::run(c),
     }
 }
 

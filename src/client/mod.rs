@@ -164,4 +164,129 @@ impl Client {
     pub async fn cluster(&self) -> Result<Value, ClientError> {
         self.get("/api/v1/cluster").await
     }
+
+    /// Like [`Client::new`], with the connect timeout (per server) and the whole
+    /// request's timeout chosen by the caller.
+    pub fn with_timeouts(
+        servers: impl IntoIterator<Item = impl Into<String>>,
+        token: impl Into<String>,
+        connect: Duration,
+        total: Duration,
+    ) -> Self {
+        let mut c = Self::new(servers, token);
+        c.http = reqwest::Client::builder()
+            .connect_timeout(connect)
+            .timeout(total)
+            .build()
+            .expect("reqwest client builds");
+        c
+    }
+
+    /// The server base URLs, in the order they are tried.
+    pub fn servers(&self) -> &[String] {
+        &self.servers
+    }
+
+    /// Like [`Client::send`] with a JSON body, but it moves on to the next server after
+    /// *any* transport failure (a timeout, a reset connection) when the request is safe
+    /// to repeat: a `GET`, or a write with an idempotency key. When no server answers,
+    /// the error names every address tried with its own failure. A write without a key
+    /// stops at the first server that took the request without answering, because it
+    /// may have been applied.
+    pub async fn request(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<&Value>,
+        idempotency_key: Option<&str>,
+    ) -> Result<Value, ClientError> {
+        let repeatable = method == Method::GET || idempotency_key.is_some();
+        let mut failures = Vec::new();
+        for base in &self.servers {
+            let mut req = self
+                .http
+                .request(method.clone(), format!("{base}{path}"))
+                .bearer_auth(&self.token);
+            if let Some(b) = body {
+                req = req.json(b);
+            }
+            if let Some(k) = idempotency_key {
+                req = req.header("Idempotency-Key", k);
+            }
+            let resp = match req.send().await {
+                Ok(r) => r,
+                Err(e) if e.is_connect() || repeatable => {
+                    failures.push(format!("{base}: {}", describe_transport_error(&e)));
+                    continue;
+                }
+                Err(e) => {
+                    return Err(ClientError::Unreachable {
+                        servers: base.clone(),
+                        last: format!(
+                            "{base}: {} (the request may or may not have been applied)",
+                            describe_transport_error(&e)
+                        ),
+                    })
+                }
+            };
+            let status = resp.status();
+            let bytes = match resp.bytes().await {
+                Ok(b) => b,
+                Err(e) if repeatable => {
+                    failures.push(format!("{base}: {}", describe_transport_error(&e)));
+                    continue;
+                }
+                Err(e) => return Err(ClientError::Decode(describe_transport_error(&e))),
+            };
+            if !status.is_success() {
+                let problem: Value = serde_json::from_slice(&bytes).unwrap_or(Value::Null);
+                let detail = match problem["detail"].as_str() {
+                    Some(d) if !d.is_empty() => d.to_string(),
+                    _ => format!("HTTP {status} from {base}"),
+                };
+                return Err(ClientError::Api {
+                    status: status.as_u16(),
+                    code: problem["code"].as_str().unwrap_or("unknown").to_string(),
+                    detail,
+                    problem,
+                });
+            }
+            return serde_json::from_slice(&bytes).map_err(|e| {
+                ClientError::Decode(format!(
+                    "{base} answered HTTP {status} with something other than JSON ({e}); is it a raftjob api port?"
+                ))
+            });
+        }
+        Err(ClientError::Unreachable {
+            servers: self.servers.join(", "),
+            last: failures.join("; "),
+        })
+    }
+}
+
+/// A transport error with its innermost cause ("Connection refused (os error 111)"),
+/// which reqwest's own message leaves out.
+pub fn describe_transport_error(e: &(dyn std::error::Error + 'static)) -> String {
+    let mut innermost = e.to_string();
+    let mut source = e.source();
+    while let Some(s) = source {
+        innermost = s.to_string();
+        source = s.source();
+    }
+    let timed_out = {
+        let mut cur: Option<&(dyn std::error::Error + 'static)> = Some(e);
+        let mut found = false;
+        while let Some(c) = cur {
+            if let Some(r) = c.downcast_ref::<reqwest::Error>() {
+                found |= r.is_timeout();
+            }
+            cur = c.source();
+        }
+        found
+    };
+    if timed_out && !innermost.contains("timed out") {
+        format!("timed out ({innermost})")
+    } else {
+        innermost
+    }
 }
