@@ -804,3 +804,469 @@ async fn round_robin_alternates_between_workers() {
         assert_ne!(pair[0], pair[1], "round robin alternates: {workers:?}");
     }
 }
+
+/// The attempts of an instance (JSON), and whether each was a refused dispatch.
+fn refused_flags(inst: &Value) -> Vec<bool> {
+    inst["attempts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|a| a["dispatch_refused"] == true)
+        .collect()
+}
+
+/// A worker with `--max-concurrency 1` gets two runs at once of a `retries: 0` job.
+/// The leader's own accounting (reservations, heartbeat load) keeps it from sending a
+/// second attempt to a full worker, so the test makes its view stale on purpose to
+/// provoke a real refusal: the worker reaches the servers only through proxies, which
+/// are cut, and a dispatch forged with the cluster's credential fills its one slot
+/// (cut off, it cannot report that attempt, and its heartbeats do not get through). The
+/// leader still sees a live, idle worker and sends the first run there; the worker
+/// refuses it ("at the concurrency limit (1)"). That refusal must not use up the run's
+/// only try: once the link heals, both runs succeed on that worker, one after the other.
+#[tokio::test]
+async fn a_dispatch_refused_at_the_concurrency_limit_does_not_use_up_a_retry() {
+    let mut c = TestCluster::new(
+        3,
+        &[
+            "--worker-heartbeat-ms",
+            "200",
+            "--worker-lease-ms",
+            "1500",
+            "--worker-grace-ms",
+            "700",
+            // The second run waits for the first (2 s) on the only worker.
+            "--no-worker-timeout-ms",
+            "20000",
+        ],
+    );
+    let mut proxies = Vec::new();
+    for n in &mut c.nodes {
+        let p = Proxy::start(n.transports["http"]).await;
+        n.extra_args.extend([
+            "--advertise-transport".to_string(),
+            format!("http={}", p.addr),
+        ]);
+        proxies.push(p);
+    }
+    for n in &mut c.nodes {
+        n.start();
+    }
+    c.wait_ready(&[1, 2, 3], READY).await;
+    let token = app_token(&c, "lim").await;
+    let via: Vec<String> = proxies.iter().map(|p| p.addr.to_string()).collect();
+    let w = TestWorker::start(
+        &c,
+        "lim",
+        &token,
+        "http",
+        "solo",
+        &["--servers", &via.join(","), "--max-concurrency", "1"],
+    );
+    wait_workers_live(&c, "lim", 1).await;
+    let mut spec = api_job(
+        "lim",
+        "one-at-a-time",
+        json!({"type": "shell", "command": "sleep 2; echo done"}),
+    );
+    spec["retries"] = json!(0);
+    let (job, _) = create_job(&c, spec).await;
+
+    let addr = list_workers(&c, "lim").await.unwrap()[0]["address"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cluster_id = c.client().cluster().await.unwrap()["cluster_id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let http = reqwest::Client::new();
+    let discovery: Value = http
+        .get(format!(
+            "http://{}/transport/v1/discovery",
+            c.nodes[0].transports["http"]
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let term = discovery["term"].as_u64().unwrap();
+    let credential = raftjob::server::transport::worker_credential(SECRET, &cluster_id, "lim/solo");
+
+    for p in &proxies {
+        p.cut();
+    }
+    let forged = json!({"cluster_id": cluster_id, "term": term,
+        "attempt": {"instance_id": 999_999_999u64, "attempt": 1, "token": {"term": term, "index": 1}},
+        "job_id": job, "processor": {"type": "shell", "command": "sleep 30"}, "lease_ms": 10_000});
+    let ack: Value = http
+        .post(format!("http://{addr}/worker/v1/dispatch"))
+        .header("x-raftjob-worker-credential", credential)
+        .json(&forged)
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        ack["accepted"], true,
+        "the forged attempt fills the slot: {ack}"
+    );
+    let first = run_job(&c, job, json!(null)).await;
+    let second = run_job(&c, job, json!(null)).await;
+    let refused = eventually(RUN, "a refused dispatch", || {
+        let client = c.client();
+        async move {
+            for id in [first, second] {
+                let v = client.get(&format!("/api/v1/instances/{id}")).await.ok()?;
+                if v["attempts"][0]["dispatch_refused"] == true {
+                    return Some(v);
+                }
+            }
+            None
+        }
+    })
+    .await;
+    for p in &proxies {
+        p.heal();
+    }
+    let context = |c: &TestCluster| {
+        format!(
+            "\n--- worker ---\n{}\n{}",
+            tail(&w.log_text(), 40),
+            c.dump_logs()
+        )
+    };
+    let result = refused["attempts"][0]["result"].as_str().unwrap();
+    assert!(
+        result.starts_with("dispatch refused by worker lim/solo: at the concurrency limit (1)"),
+        "{refused}"
+    );
+    assert_ne!(
+        refused["status"], "failed",
+        "a refusal is not a try: {refused}"
+    );
+
+    let a = wait_terminal(&c, first, RUN).await;
+    let b = wait_terminal(&c, second, RUN).await;
+    let mut ran = Vec::new();
+    for inst in [&a, &b] {
+        assert_eq!(inst["status"], "succeeded", "{inst}{}", context(&c));
+        let attempts = inst["attempts"].as_array().unwrap();
+        let (last, before) = attempts.split_last().unwrap();
+        assert_eq!(last["worker"], "lim/solo");
+        assert!(
+            before.iter().all(|x| x["dispatch_refused"] == true
+                && x["status"] == "failed"
+                && x["result"]
+                    .as_str()
+                    .unwrap()
+                    .contains("at the concurrency limit (1)")),
+            "every attempt before the one that ran was a refusal: {inst}"
+        );
+        ran.push((
+            last["started_at_ms"].as_i64().unwrap(),
+            last["finished_at_ms"].as_i64().unwrap(),
+        ));
+    }
+    assert!(
+        refused_flags(&a).contains(&true) || refused_flags(&b).contains(&true),
+        "a refusal happened: {a}\n{b}"
+    );
+    ran.sort();
+    assert!(
+        ran[1].0 >= ran[0].1,
+        "one worker slot: the second run started after the first ended: {ran:?}"
+    );
+}
+
+/// A dispatch to a worker that died moments ago (its port refuses connections) is
+/// refused, not a try: the run waits, and runs once the worker is back. An instance no
+/// worker accepts still fails at the no-worker timeout, with no refuse loop.
+#[tokio::test]
+async fn a_dispatch_to_a_dead_worker_waits_without_using_up_a_retry() {
+    let c = TestCluster::start_with(
+        3,
+        &[
+            "--worker-heartbeat-ms",
+            "200",
+            "--worker-lease-ms",
+            "1500",
+            "--worker-grace-ms",
+            "700",
+            "--no-worker-timeout-ms",
+            "5000",
+        ],
+    );
+    c.wait_ready(&[1, 2, 3], READY).await;
+    let token = app_token(&c, "dead").await;
+    let mut w = TestWorker::start(&c, "dead", &token, "http", "phoenix", &[]);
+    wait_workers_live(&c, "dead", 1).await;
+    let (job, _) = create_job(
+        &c,
+        api_job("dead", "j", json!({"type": "shell", "command": "echo ok"})),
+    )
+    .await;
+
+    // The leader still counts the worker live (for lease + grace) when the run comes.
+    w.kill();
+    let id = run_job(&c, job, json!(null)).await;
+    let waiting = eventually(RUN, "the refused dispatch", || {
+        let client = c.client();
+        async move {
+            let v = client.get(&format!("/api/v1/instances/{id}")).await.ok()?;
+            (v["attempts"][0]["dispatch_refused"] == true).then_some(v)
+        }
+    })
+    .await;
+    assert!(
+        waiting["attempts"][0]["result"]
+            .as_str()
+            .unwrap()
+            .starts_with("dispatch refused by worker dead/phoenix: unreachable at"),
+        "{waiting}"
+    );
+    assert_ne!(waiting["status"], "failed", "{waiting}");
+    let _w = TestWorker::start(&c, "dead", &token, "http", "phoenix", &[]);
+    let done = wait_terminal(&c, id, RUN).await;
+    assert_eq!(done["status"], "succeeded", "{done}");
+    assert_eq!(refused_flags(&done), vec![true, false], "{done}");
+
+    // No worker comes back this time: the no-worker timeout ends the run, after one
+    // refused dispatch (the dead worker gets no more until it sends a heartbeat).
+    drop(_w);
+    let id = run_job(&c, job, json!(null)).await;
+    let failed = wait_terminal(&c, id, RUN).await;
+    assert_eq!(failed["status"], "failed", "{failed}");
+    let result = failed["result"].as_str().unwrap();
+    assert!(
+        result.starts_with("no worker available: ")
+            && result.contains("(last: dispatch refused by worker dead/phoenix: unreachable at"),
+        "{failed}"
+    );
+    assert_eq!(refused_flags(&failed), vec![true], "{failed}");
+    let waited =
+        failed["finished_at_ms"].as_i64().unwrap() - failed["created_at_ms"].as_i64().unwrap();
+    assert!(
+        waited >= 4900,
+        "it waited the no-worker timeout (5 s), not {waited} ms: {failed}"
+    );
+}
+
+/// `raftjob worker` stopped with SIGTERM deregisters: it disappears from the list at
+/// once. One that still holds an attempt is refused and stays listed.
+#[tokio::test]
+async fn a_worker_stopped_cleanly_deregisters() {
+    let c = cluster().await;
+    let token = app_token(&c, "bye").await;
+    let mut quiet_ws = TestWorker::start(&c, "bye", &token, "ws", "quiet-ws", &[]);
+    let mut quiet_http = TestWorker::start(&c, "bye", &token, "http", "quiet-http", &[]);
+    let mut busy = TestWorker::start(&c, "bye", &token, "http", "busy", &[]);
+    wait_workers_live(&c, "bye", 3).await;
+    let mut spec = api_job(
+        "bye",
+        "long",
+        json!({"type": "shell", "command": "sleep 30"}),
+    );
+    spec["designated_workers"] = json!(["busy"]);
+    let (job, _) = create_job(&c, spec).await;
+    let id = run_job(&c, job, json!(null)).await;
+    wait_status(&c, id, "running", RUN).await;
+
+    for w in [&mut quiet_ws, &mut quiet_http] {
+        let stopped = Instant::now();
+        assert_eq!(w.stop(Duration::from_secs(10)), Some(0), "{}", w.log_text());
+        assert!(w.log_text().contains("Deregistered."), "{}", w.log_text());
+        let name = w.name.clone();
+        eventually(
+            Duration::from_secs(5),
+            &format!("{name} gone from the list"),
+            || {
+                let name = name.clone();
+                let c = &c;
+                async move { (!worker_names(c, "bye").await?.contains(&name)).then_some(()) }
+            },
+        )
+        .await;
+        println!(
+            "{name}: SIGTERM to gone from the list: {:?}",
+            stopped.elapsed()
+        );
+    }
+
+    // The leader refuses to deregister a worker with an open attempt, whoever asks
+    // (here the bare protocol message, as a worker in another language sends it).
+    let http = reqwest::Client::new();
+    let discovery: Value = http
+        .get(format!(
+            "http://{}/transport/v1/discovery",
+            c.nodes[0].transports["http"]
+        ))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    let leader_http = discovery["leader_transports"]["http"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let cluster_id = discovery["cluster_id"].as_str().unwrap().to_string();
+    let deregister = |credential: String| {
+        http.post(format!("http://{leader_http}/transport/v1/deregister"))
+            .json(&json!({"worker_id": "bye/busy", "credential": credential}))
+            .send()
+    };
+    let answer: Value = deregister("rjc_forged".into())
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert_eq!(
+        (answer["type"].as_str(), answer["code"].as_str()),
+        (Some("refused"), Some("bad_credential")),
+        "{answer}"
+    );
+    let credential = raftjob::server::transport::worker_credential(SECRET, &cluster_id, "bye/busy");
+    let answer: Value = deregister(credential).await.unwrap().json().await.unwrap();
+    assert_eq!(
+        (answer["type"].as_str(), answer["code"].as_str()),
+        (Some("refused"), Some("has_open_attempts")),
+        "{answer}"
+    );
+    assert!(
+        answer["message"]
+            .as_str()
+            .unwrap()
+            .contains(&format!("instance {id} attempt 1")),
+        "{answer}"
+    );
+
+    // Stopped while it runs the attempt, the worker does not deregister: the lease
+    // settles the attempt, and the registration stays (until forget_after_ms).
+    assert_eq!(
+        busy.stop(Duration::from_secs(10)),
+        Some(0),
+        "{}",
+        busy.log_text()
+    );
+    assert!(
+        busy.log_text().contains("Not deregistering"),
+        "{}",
+        busy.log_text()
+    );
+    let lost = wait_terminal(&c, id, RUN).await;
+    assert!(
+        lost["result"]
+            .as_str()
+            .unwrap()
+            .contains("worker bye/busy lost"),
+        "the attempt is settled by its lease: {lost}"
+    );
+    let names = worker_names(&c, "bye").await.unwrap();
+    assert_eq!(names, vec!["busy".to_string()], "still registered");
+
+    // With nothing open any more, the same worker deregisters on its next clean stop.
+    let mut again = TestWorker::start(&c, "bye", &token, "http", "busy", &[]);
+    wait_workers_live(&c, "bye", 1).await;
+    assert_eq!(again.stop(Duration::from_secs(10)), Some(0));
+    eventually(
+        Duration::from_secs(5),
+        "busy gone from the list",
+        || async { worker_names(&c, "bye").await?.is_empty().then_some(()) },
+    )
+    .await;
+}
+
+/// A worker killed with SIGKILL cannot deregister: the leader forgets it once it has not
+/// heard from it for `--worker-forget-after-ms`.
+#[tokio::test]
+async fn a_lost_worker_is_forgotten_after_forget_after_ms() {
+    let mut flags = FAST_WORKERS.to_vec();
+    flags.extend(["--worker-forget-after-ms", "4000"]);
+    let c = TestCluster::start_with(3, &flags);
+    c.wait_ready(&[1, 2, 3], READY).await;
+    let token = app_token(&c, "gone").await;
+    let mut w = TestWorker::start(&c, "gone", &token, "ws", "w", &[]);
+    let _stays = TestWorker::start(&c, "gone", &token, "http", "stays", &[]);
+    wait_workers_live(&c, "gone", 2).await;
+    w.kill();
+    let killed = Instant::now();
+    let seen_lost = std::sync::atomic::AtomicBool::new(false);
+    eventually(RUN, "the killed worker forgotten", || {
+        let (c, seen_lost) = (&c, &seen_lost);
+        async move {
+            let list = list_workers(c, "gone").await?;
+            match list.iter().find(|x| x["name"] == "w") {
+                Some(x) => {
+                    if x["state"] == "lost" {
+                        seen_lost.store(true, std::sync::atomic::Ordering::Relaxed);
+                    }
+                    None
+                }
+                None => Some(()),
+            }
+        }
+    })
+    .await;
+    let after = killed.elapsed();
+    println!("kill -9 to forgotten: {after:?}");
+    assert!(
+        seen_lost.load(std::sync::atomic::Ordering::Relaxed),
+        "it was listed as lost before it was forgotten"
+    );
+    assert!(
+        after >= Duration::from_millis(3500),
+        "not forgotten before forget_after (4 s): {after:?}"
+    );
+    assert_eq!(
+        worker_names(&c, "gone").await.unwrap(),
+        vec!["stays".to_string()],
+        "a live worker is never forgotten"
+    );
+    assert!(
+        c.nodes
+            .iter()
+            .any(|n| n.log_text().contains("Forgot a worker")),
+        "{}",
+        c.dump_logs()
+    );
+    // It may come back under the same name.
+    let _back = TestWorker::start(&c, "gone", &token, "ws", "w", &[]);
+    wait_workers_live(&c, "gone", 2).await;
+}
+
+#[tokio::test]
+async fn random_strategy_uses_both_workers_and_runs_each_instance_once() {
+    let c = cluster().await;
+    let token = app_token(&c, "rnd").await;
+    let _w1 = TestWorker::start(&c, "rnd", &token, "ws", "one", &[]);
+    let _w2 = TestWorker::start(&c, "rnd", &token, "http", "two", &[]);
+    wait_workers_live(&c, "rnd", 2).await;
+    let mut spec = api_job("rnd", "j", json!({"type": "shell", "command": "true"}));
+    spec["dispatch_strategy"] = json!("random");
+    let (job, _) = create_job(&c, spec).await;
+    let mut counts = std::collections::BTreeMap::<String, usize>::new();
+    // One at a time, so every pick is between two idle workers.
+    for _ in 0..30 {
+        let inst = wait_terminal(&c, run_job(&c, job, json!(null)).await, RUN).await;
+        assert_eq!(inst["status"], "succeeded", "{inst}");
+        let attempts = inst["attempts"].as_array().unwrap();
+        assert_eq!(attempts.len(), 1, "ran once: {inst}");
+        *counts
+            .entry(attempts[0]["worker"].as_str().unwrap().to_string())
+            .or_default() += 1;
+    }
+    println!("random picks: {counts:?}");
+    assert_eq!(counts.values().sum::<usize>(), 30);
+    assert_eq!(
+        counts.keys().collect::<Vec<_>>(),
+        vec!["rnd/one", "rnd/two"],
+        "both workers ran some (all 30 on one has probability 2^-29): {counts:?}"
+    );
+}

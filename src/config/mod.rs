@@ -92,6 +92,9 @@ pub struct WorkerTuning {
     pub dispatch_timeout_ms: u64,
     /// An instance waits this long for a matching live worker, then fails.
     pub no_worker_timeout_ms: u64,
+    /// The leader removes the registration of a worker it has not heard from for this
+    /// long (and at least `lease_ms + grace_ms`), once no attempt of it is open.
+    pub forget_after_ms: u64,
 }
 
 impl Default for WorkerTuning {
@@ -102,6 +105,7 @@ impl Default for WorkerTuning {
             grace_ms: 2000,
             dispatch_timeout_ms: 5000,
             no_worker_timeout_ms: 30_000,
+            forget_after_ms: 24 * 3600 * 1000,
         }
     }
 }
@@ -136,6 +140,15 @@ impl Default for SchedulerTuning {
     }
 }
 
+/// An app the leader creates at bootstrap, with a worker token chosen by the operator
+/// (`[[bootstrap_apps]]`, `--bootstrap-app NAME:TOKEN`, `RAFTJOB_BOOTSTRAP_APPS`).
+#[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct BootstrapApp {
+    pub name: String,
+    pub worker_token: String,
+}
+
 /// The file form. Every field is optional here; [`ServerConfig::resolve`] checks
 /// that the required ones are present after env and flags are applied.
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -166,6 +179,9 @@ pub struct FileConfig {
     pub workers: Option<WorkerTuning>,
     #[serde(default)]
     pub scheduler: Option<SchedulerTuning>,
+    /// Apps created once the cluster id is recorded, if they do not exist yet.
+    #[serde(default)]
+    pub bootstrap_apps: Vec<BootstrapApp>,
 }
 
 /// `raftjob server` flags; each also reads a `RAFTJOB_*` environment variable.
@@ -240,6 +256,9 @@ pub struct ServerArgs {
     /// How long an instance waits for a matching live worker before it fails.
     #[arg(long, env = "RAFTJOB_NO_WORKER_TIMEOUT_MS")]
     pub no_worker_timeout_ms: Option<u64>,
+    /// Forget (deregister) a worker that has been lost for this long.
+    #[arg(long, env = "RAFTJOB_WORKERS_FORGET_AFTER_MS")]
+    pub worker_forget_after_ms: Option<u64>,
     /// How late a fire time may be and still fire normally (beyond: misfire policy).
     #[arg(long, env = "RAFTJOB_SCHEDULER_MISFIRE_THRESHOLD_MS")]
     pub misfire_threshold_ms: Option<u64>,
@@ -255,6 +274,16 @@ pub struct ServerArgs {
     /// How often the leader prunes history.
     #[arg(long, env = "RAFTJOB_SCHEDULER_PRUNE_INTERVAL_MS")]
     pub prune_interval_ms: Option<u64>,
+    /// An app to create at bootstrap as NAME:WORKER_TOKEN (token at least 16
+    /// characters); repeat or separate with commas. Replaces the file's bootstrap_apps.
+    #[arg(
+        long = "bootstrap-app",
+        env = "RAFTJOB_BOOTSTRAP_APPS",
+        value_delimiter = ',',
+        hide_env_values = true,
+        value_name = "NAME:TOKEN"
+    )]
+    pub bootstrap_apps: Vec<String>,
 }
 
 /// The validated configuration a server runs with.
@@ -277,6 +306,8 @@ pub struct ServerConfig {
     pub raft: RaftTuning,
     pub workers: WorkerTuning,
     pub scheduler: SchedulerTuning,
+    /// Apps the leader creates (once) after the cluster id is recorded.
+    pub bootstrap_apps: Vec<BootstrapApp>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -502,6 +533,7 @@ impl ServerConfig {
             (args.worker_grace_ms, &mut workers.grace_ms),
             (args.dispatch_timeout_ms, &mut workers.dispatch_timeout_ms),
             (args.no_worker_timeout_ms, &mut workers.no_worker_timeout_ms),
+            (args.worker_forget_after_ms, &mut workers.forget_after_ms),
         ] {
             if let Some(v) = value {
                 *slot = v;
@@ -589,6 +621,8 @@ impl ServerConfig {
             advertise_transport.insert(name, addr);
         }
 
+        let bootstrap_apps = resolve_bootstrap_apps(file.bootstrap_apps, &args.bootstrap_apps)?;
+
         Ok(Self {
             node_id,
             advertise_transport,
@@ -605,8 +639,68 @@ impl ServerConfig {
             raft,
             workers,
             scheduler,
+            bootstrap_apps,
         })
     }
+}
+
+/// Flags or env (`NAME:TOKEN` items) replace the file's `[[bootstrap_apps]]`; names
+/// follow the API's app-name rule, are unique, and tokens have at least 16 characters.
+fn resolve_bootstrap_apps(
+    file: Vec<BootstrapApp>,
+    args: &[String],
+) -> Result<Vec<BootstrapApp>, ConfigError> {
+    let apps = if args.iter().all(|s| s.trim().is_empty()) {
+        file
+    } else {
+        args.iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|item| {
+                let (name, token) = item.split_once(':').ok_or_else(|| {
+                    invalid(
+                        "bootstrap_apps",
+                        item.split(':').next().unwrap_or_default(),
+                        "write NAME:WORKER_TOKEN, for example demo:$(openssl rand -hex 16)",
+                    )
+                })?;
+                Ok(BootstrapApp {
+                    name: name.trim().to_string(),
+                    worker_token: token.trim().to_string(),
+                })
+            })
+            .collect::<Result<_, ConfigError>>()?
+    };
+    let mut seen = std::collections::BTreeSet::new();
+    for app in &apps {
+        let name_ok = !app.name.is_empty()
+            && app.name.len() <= 64
+            && app
+                .name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-'));
+        if !name_ok {
+            return Err(invalid(
+                "bootstrap_apps.name",
+                &app.name,
+                "app names have 1 to 64 letters, digits, '.', '_' or '-'",
+            ));
+        }
+        if !seen.insert(app.name.clone()) {
+            return Err(invalid(
+                format!("bootstrap_apps.{}", app.name),
+                &app.name,
+                "the app is listed twice",
+            ));
+        }
+        if app.worker_token.chars().count() < 16 {
+            return Err(invalid(
+                format!("bootstrap_apps.{}.worker_token", app.name),
+                "<hidden>",
+                "use at least 16 characters (e.g. `openssl rand -hex 32`)",
+            ));
+        }
+    }
+    Ok(apps)
 }
 
 fn read_file(path: &Path) -> Result<FileConfig, ConfigError> {

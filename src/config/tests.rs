@@ -108,3 +108,97 @@ fn unknown_keys_in_the_file_are_refused() {
     let r: Result<FileConfig, _> = toml::from_str("node_idd = 1");
     assert!(r.unwrap_err().to_string().contains("node_idd"));
 }
+
+#[test]
+fn worker_forget_after_defaults_to_a_day_and_comes_from_file_or_flag() {
+    let cfg = ServerConfig::resolve(base(), &ServerArgs::default()).unwrap();
+    assert_eq!(cfg.workers.forget_after_ms, 24 * 3600 * 1000);
+    let mut f = base();
+    f.workers = Some(toml::from_str("forget_after_ms = 60000").unwrap());
+    let cfg = ServerConfig::resolve(f.clone(), &ServerArgs::default()).unwrap();
+    assert_eq!(cfg.workers.forget_after_ms, 60_000);
+    let args = ServerArgs {
+        worker_forget_after_ms: Some(2000),
+        ..Default::default()
+    };
+    assert_eq!(
+        ServerConfig::resolve(f, &args)
+            .unwrap()
+            .workers
+            .forget_after_ms,
+        2000,
+        "the flag overrides the file"
+    );
+}
+
+#[test]
+fn bootstrap_apps_come_from_the_file_or_replace_it_from_flags() {
+    let mut f = base();
+    let parsed: FileConfig = toml::from_str(
+        r#"
+        [[bootstrap_apps]]
+        name = "demo"
+        worker_token = "0123456789abcdef-demo"
+        [[bootstrap_apps]]
+        name = "other.app"
+        worker_token = "0123456789abcdef-other"
+        "#,
+    )
+    .unwrap();
+    f.bootstrap_apps = parsed.bootstrap_apps;
+    let cfg = ServerConfig::resolve(f.clone(), &ServerArgs::default()).unwrap();
+    assert_eq!(
+        cfg.bootstrap_apps
+            .iter()
+            .map(|a| a.name.as_str())
+            .collect::<Vec<_>>(),
+        vec!["demo", "other.app"]
+    );
+    assert_eq!(cfg.bootstrap_apps[0].worker_token, "0123456789abcdef-demo");
+
+    // Flags (or RAFTJOB_BOOTSTRAP_APPS, same format) replace the file's list; a token
+    // may contain ':'.
+    let args = ServerArgs {
+        bootstrap_apps: vec!["flagged:tok:0123456789abcdef".into(), " ".into()],
+        ..Default::default()
+    };
+    let cfg = ServerConfig::resolve(f, &args).unwrap();
+    assert_eq!(
+        cfg.bootstrap_apps,
+        vec![BootstrapApp {
+            name: "flagged".into(),
+            worker_token: "tok:0123456789abcdef".into()
+        }]
+    );
+    let none = ServerConfig::resolve(base(), &ServerArgs::default()).unwrap();
+    assert!(none.bootstrap_apps.is_empty());
+}
+
+#[test]
+fn bootstrap_app_errors_name_the_key() {
+    let with = |items: &[&str]| ServerArgs {
+        bootstrap_apps: items.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let e = err(base(), with(&["demo:short"]));
+    assert!(
+        e.contains("bootstrap_apps.demo.worker_token") && e.contains("16"),
+        "{e}"
+    );
+    assert!(!e.contains("short"), "the token is not shown: {e}");
+    let e = err(base(), with(&["no-token-here"]));
+    assert!(
+        e.contains("bootstrap_apps") && e.contains("NAME:WORKER_TOKEN"),
+        "{e}"
+    );
+    let e = err(base(), with(&["bad name:0123456789abcdef"]));
+    assert!(e.contains("bootstrap_apps.name"), "{e}");
+    let e = err(
+        base(),
+        with(&["demo:0123456789abcdef", "demo:0123456789abcdefg"]),
+    );
+    assert!(e.contains("listed twice"), "{e}");
+    let r: Result<FileConfig, _> =
+        toml::from_str("[[bootstrap_apps]]\nname = \"x\"\nworker_token = \"y\"\ntoken = \"z\"");
+    assert!(r.unwrap_err().to_string().contains("token"));
+}

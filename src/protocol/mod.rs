@@ -1,6 +1,7 @@
 //! The worker protocol: one message model shared by both transports and both sides.
 //!
-//! - `http`: the worker POSTs [`WorkerMsg`]s to `/transport/v1/{register,heartbeat,report}`
+//! - `http`: the worker POSTs [`WorkerMsg`]s to
+//!   `/transport/v1/{register,heartbeat,report,deregister}`
 //!   on a server's http transport port and gets the matching [`ServerMsg`] back; the
 //!   leader POSTs [`Dispatch`] and [`StopAttempt`] to the worker's own endpoint
 //!   (`/worker/v1/dispatch`, `/worker/v1/stop`).
@@ -25,6 +26,7 @@ pub const CREDENTIAL_HEADER: &str = "x-raftjob-worker-credential";
 pub const PATH_REGISTER: &str = "/transport/v1/register";
 pub const PATH_HEARTBEAT: &str = "/transport/v1/heartbeat";
 pub const PATH_REPORT: &str = "/transport/v1/report";
+pub const PATH_DEREGISTER: &str = "/transport/v1/deregister";
 pub const PATH_WS: &str = "/transport/v1/ws";
 pub const PATH_WORKER_DISPATCH: &str = "/worker/v1/dispatch";
 pub const PATH_WORKER_STOP: &str = "/worker/v1/stop";
@@ -44,6 +46,8 @@ pub enum WorkerMsg {
     Register(Register),
     Heartbeat(Heartbeat),
     Report(Report),
+    /// The worker is shutting down cleanly: remove its registration.
+    Deregister(Deregister),
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -80,6 +84,14 @@ pub struct Report {
     pub event: ReportEvent,
 }
 
+/// Sent by a worker that shuts down cleanly. The leader removes the registration
+/// unless an attempt dispatched to the worker is still open.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+pub struct Deregister {
+    pub worker_id: String,
+    pub credential: String,
+}
+
 /// What a worker reports about an attempt (the state machine's own event type).
 pub use crate::state::AttemptEvent as ReportEvent;
 
@@ -90,6 +102,12 @@ pub enum ServerMsg {
     Registered(Registered),
     HeartbeatAck(HeartbeatAck),
     ReportAck(ReportAck),
+    /// The answer to a [`Deregister`]: the registration is gone (`removed: false` when
+    /// there was none any more).
+    Deregistered {
+        worker_id: String,
+        removed: bool,
+    },
     /// This node does not lead; go to the leader (its address for your protocol, if known).
     NotLeader {
         leader_id: Option<u64>,

@@ -3,10 +3,19 @@
 //!
 //! Order of events for one attempt: choose a worker → propose `Dispatch` (apply stamps
 //! the fencing token) → only after it commits, send the dispatch → the worker acks
-//! (http answer or ws frame) and renews the lease with every heartbeat. An attempt is
-//! declared lost only when the worker definitely did not get it (refused, unreachable,
-//! no WebSocket) or after lease + grace without a renewal, measured here at receipt;
-//! the worker kills its own attempt once its lease runs out, which is before that.
+//! (http answer or ws frame) and renews the lease with every heartbeat.
+//!
+//! A dispatch that definitely did not reach the worker (it refused it, the connection
+//! was refused, or it has no WebSocket to this leader) is `DispatchRefused`: the
+//! instance waits again without using up a retry, the worker is no candidate until its
+//! next heartbeat, and the instance's refusal clock runs until a worker accepts it, so
+//! an instance that no worker accepts still fails at the no-worker timeout. An attempt
+//! is declared lost (a try that counts) after lease + grace without a renewal, measured
+//! here at receipt; the worker kills its own attempt once its lease runs out, which is
+//! before that.
+//!
+//! The dispatcher also forgets workers: one not heard from for `forget_after_ms` (and
+//! at least lease + grace) with no open attempt is deregistered.
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -27,13 +36,17 @@ use crate::state::{
 };
 
 type Inflight = Arc<Mutex<HashSet<InstanceId>>>;
+/// Workers whose deregistration this leader has proposed and not yet seen answered.
+type Forgetting = Arc<Mutex<HashSet<String>>>;
 
 pub async fn run(node: Arc<Node>) {
     let mut server = node.raft.server_metrics();
     let mut data = node.raft.data_metrics();
     let inflight: Inflight = Arc::default();
+    let forgetting: Forgetting = Arc::default();
     let mut leading = false;
     let mut last_prune = std::time::Instant::now();
+    let mut last_forget = std::time::Instant::now();
     loop {
         let is_leader = server.borrow_and_update().state == ServerState::Leader;
         if is_leader != leading {
@@ -50,9 +63,16 @@ pub async fn run(node: Arc<Node>) {
         }
         if leading && caught_up(&node) {
             scan(&node, &inflight);
+            if last_forget.elapsed() > Duration::from_secs(1) {
+                forget_lost_workers(&node, &forgetting);
+                last_forget = std::time::Instant::now();
+            }
             if last_prune.elapsed() > Duration::from_secs(10) {
-                let active = node.state.read().expect("state lock").state.active.clone();
-                node.workers.retain_active(&active);
+                {
+                    let guard = node.state.read().expect("state lock");
+                    node.workers
+                        .retain(&guard.state.active, &guard.state.workers);
+                }
                 last_prune = std::time::Instant::now();
             }
         }
@@ -122,7 +142,20 @@ fn scan(node: &Arc<Node>, inflight: &Inflight) {
                         });
                         continue;
                     };
+                    // Refused dispatches do not stop the no-worker clock: it runs from
+                    // the first refusal until a worker accepts one.
+                    let refused = node.workers.refused_for(*id);
                     match choose(node, state, job) {
+                        Ok(_) if refused.as_ref().is_some_and(|(w, _)| *w >= no_worker) => {
+                            let (waited, last) = refused.expect("checked");
+                            actions.push(Action::Fail {
+                                instance_id: *id,
+                                reason: format!(
+                                    "no worker available: no worker accepted the instance within {:.1}s (last: {last})",
+                                    waited.as_secs_f64()
+                                ),
+                            });
+                        }
                         Ok(workers) => {
                             node.workers.found_worker(*id);
                             for w in &workers {
@@ -134,8 +167,13 @@ fn scan(node: &Arc<Node>, inflight: &Inflight) {
                             });
                         }
                         Err(reason) => {
-                            if node.workers.waiting_without_worker(*id) >= no_worker {
-                                let reason = format!("no worker available: {reason}");
+                            let waited = node.workers.waiting_without_worker(*id);
+                            let waited = waited.max(refused.as_ref().map_or(waited, |r| r.0));
+                            if waited >= no_worker {
+                                let mut reason = format!("no worker available: {reason}");
+                                if let Some((_, last)) = refused {
+                                    reason.push_str(&format!(" (last: {last})"));
+                                }
                                 actions.push(Action::Fail {
                                     instance_id: *id,
                                     reason,
@@ -254,10 +292,22 @@ pub(crate) fn choose(
             .iter()
             .filter(|w| node.workers.state_of(&w.id) == super::worker_registry::WorkerState::Lost)
             .count();
+        let refusing = matching
+            .iter()
+            .filter(|w| {
+                node.workers.state_of(&w.id) != super::worker_registry::WorkerState::Lost
+                    && node.workers.refused_recently(&w.id)
+            })
+            .count();
         return Err(if lost == matching.len() {
             format!(
                 "{} matching workers registered for app {app}, but all are lost (no heartbeat)",
                 matching.len()
+            )
+        } else if refusing > 0 {
+            format!(
+                "all {} live matching workers of app {app} are at their concurrency limit or refused a dispatch since their last heartbeat ({refusing} refused)",
+                matching.len() - lost
             )
         } else {
             format!(
@@ -298,11 +348,99 @@ pub(crate) fn send_committed(node: &Arc<Node>, instance_id: InstanceId, attempts
             .collect()
     };
     for (a, w) in attempts.into_iter().zip(workers) {
-        // A registration cannot vanish between choice and commit (they are never
-        // removed), so a missing one is left to the lease.
-        if let Some(w) = w {
-            tokio::spawn(send_dispatch(node.clone(), w, instance_id, a));
+        match w {
+            Some(w) => {
+                tokio::spawn(send_dispatch(node.clone(), w, instance_id, a));
+            }
+            // Deregistered between choice and commit: it was never sent.
+            None => {
+                let node = node.clone();
+                tokio::spawn(async move {
+                    let worker = a.worker.clone();
+                    refuse_dispatch(
+                        &node,
+                        &worker,
+                        (instance_id, a.number),
+                        "it is no longer registered".into(),
+                    )
+                    .await
+                });
+            }
         }
+    }
+}
+
+/// Records that a dispatch did not reach its worker: the instance waits again without
+/// using up a retry, and the worker gets nothing more until its next heartbeat.
+pub(crate) async fn refuse_dispatch(
+    node: &Node,
+    worker_id: &str,
+    (instance_id, attempt): (InstanceId, u32),
+    reason: String,
+) {
+    tracing::warn!(instance_id, attempt, worker = %worker_id, %reason, "Dispatch not delivered; the instance waits for a worker again.");
+    node.workers.dispatch_refused(
+        worker_id,
+        instance_id,
+        format!("dispatch refused by worker {worker_id}: {reason}"),
+    );
+    let cmd = Command::DispatchRefused {
+        instance_id,
+        attempt,
+        reason,
+    };
+    let _ = node.propose(cmd, None).await;
+    node.workers.forget_attempt((instance_id, attempt));
+}
+
+/// Deregisters workers this leader has not heard from for `forget_after_ms` (at least
+/// lease + grace, so only lost ones) that hold no open attempt. The decision is the
+/// leader's, on its own clock (restarted at its election); apply only removes.
+fn forget_lost_workers(node: &Arc<Node>, forgetting: &Forgetting) {
+    let tuning = &node.config.workers;
+    let after = Duration::from_millis(tuning.forget_after_ms)
+        .max(Duration::from_millis(tuning.lease_ms + tuning.grace_ms));
+    let doomed: Vec<(String, Duration)> = {
+        let guard = node.state.read().expect("state lock");
+        let state = &guard.state;
+        let busy = forgetting.lock().expect("forgetting lock").clone();
+        state
+            .workers
+            .keys()
+            .filter(|id| !busy.contains(*id))
+            .filter(|id| node.workers.state_of(id) == super::worker_registry::WorkerState::Lost)
+            .filter_map(|id| {
+                let silent = node.workers.silent_for(id);
+                (silent >= after).then(|| (id.clone(), silent))
+            })
+            .filter(|(id, _)| crate::state::open_attempts_of_worker(state, id).is_empty())
+            .collect()
+    };
+    for (id, silent) in doomed {
+        forgetting
+            .lock()
+            .expect("forgetting lock")
+            .insert(id.clone());
+        let (node, forgetting) = (node.clone(), forgetting.clone());
+        tokio::spawn(async move {
+            // Only as leader: a deposed leader's clock decides nothing.
+            let cmd = Command::DeregisterWorker { id: id.clone() };
+            match node.propose_as_leader(cmd).await {
+                Ok(resp) => match resp.outcome {
+                    Outcome::Worker { .. } => {
+                        node.workers.forget_worker(&id);
+                        tracing::info!(worker = %id, silent_s = silent.as_secs(), "Forgot a worker lost for longer than workers.forget_after_ms.");
+                    }
+                    other => {
+                        tracing::debug!(worker = %id, outcome = ?other, "A lost worker was not forgotten.")
+                    }
+                },
+                Err(e) => {
+                    tracing::debug!(worker = %id, error = %e, "Forgetting a lost worker did not go through.")
+                }
+            }
+            forgetting.lock().expect("forgetting lock").remove(&id);
+        });
     }
 }
 
@@ -339,7 +477,7 @@ async fn act(node: &Arc<Node>, action: Action) {
                     None,
                 )
                 .await;
-            node.workers.forget_attempt((instance_id, attempt));
+            node.workers.attempt_lost((instance_id, attempt));
         }
         Action::Dispatch {
             instance_id,
@@ -409,34 +547,21 @@ async fn send_dispatch(
         return;
     };
     node.workers.renew_attempt(key);
+    // Definitely not delivered: the instance waits again, without using up a retry.
     let refused = |reason: String| {
         let node = node.clone();
-        async move {
-            tracing::warn!(instance_id, attempt = key.1, %reason, "Dispatch not delivered.");
-            let cmd = Command::AttemptLost {
-                instance_id,
-                attempt: key.1,
-                reason,
-            };
-            let _ = node.propose(cmd, None).await;
-            node.workers.forget_attempt(key);
-        }
+        let worker_id = worker.id.clone();
+        async move { refuse_dispatch(&node, &worker_id, key, reason).await }
     };
     if worker.protocol == "ws" {
         match node.workers.ws_sender(&worker.id) {
             Some(tx) if tx.send(ServerMsg::Dispatch(msg)).is_ok() => {}
-            _ => {
-                refused(format!(
-                    "worker {} has no open WebSocket to this leader",
-                    worker.id
-                ))
-                .await
-            }
+            _ => refused("no open WebSocket to this leader".into()).await,
         }
         return;
     }
     let Some(addr) = worker.address.clone() else {
-        refused(format!("worker {} has no address", worker.id)).await;
+        refused("no address registered".into()).await;
         return;
     };
     let credential = worker_credential(&node.config.cluster_secret, &msg.cluster_id, &worker.id);
@@ -457,22 +582,14 @@ async fn send_dispatch(
         .await;
     match result {
         Ok(resp) => match resp.json::<DispatchAck>().await {
-            Ok(ack) if ack.accepted => node.workers.renew_attempt(key),
-            Ok(ack) => {
-                refused(format!(
-                    "worker refused the dispatch: {}",
-                    ack.reason.unwrap_or_default()
-                ))
-                .await
-            }
+            Ok(ack) if ack.accepted => node.workers.dispatch_accepted(key),
+            Ok(ack) => refused(ack.reason.unwrap_or_else(|| "no reason given".into())).await,
             // The worker may or may not hold it: its lease decides.
             Err(e) => {
                 tracing::warn!(instance_id, error = %e, "Unreadable dispatch answer; the lease decides.")
             }
         },
-        Err(e) if e.is_connect() => {
-            refused(format!("worker {} unreachable at {addr}: {e}", worker.id)).await
-        }
+        Err(e) if e.is_connect() => refused(format!("unreachable at {addr}: {e}")).await,
         Err(e) => {
             tracing::warn!(instance_id, error = %e, "Dispatch answer lost; the lease decides.")
         }

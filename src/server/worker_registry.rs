@@ -3,7 +3,7 @@
 //! leader starts every clock from its own election, so an election never makes a
 //! worker look lost.
 
-use std::collections::{BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
@@ -43,6 +43,14 @@ struct Inner {
     renewals: HashMap<(InstanceId, u32), Instant>,
     /// Instances first seen without any matching worker.
     waiting_since: HashMap<InstanceId, Instant>,
+    /// Instances whose dispatch a worker refused (or could not be reached for), with
+    /// when that first happened since a worker last accepted one, and the last reason.
+    /// Only an accepted dispatch (or a lost lease) clears it, so an instance no worker
+    /// accepts still ends at the no-worker timeout.
+    refused_since: HashMap<InstanceId, (Instant, String)>,
+    /// Workers that refused a dispatch (or were unreachable) since their last
+    /// heartbeat: not candidates until a heartbeat tells their load again.
+    refused_by: HashSet<String>,
     /// Stops already sent by this leader.
     stops_sent: BTreeSet<(InstanceId, u32)>,
     /// Dispatches chosen for a worker since its last heartbeat: counted as load at once,
@@ -112,6 +120,7 @@ impl WorkerRegistry {
         let mut g = self.lock();
         g.live.insert(worker_id.to_string(), live);
         g.reserved.remove(worker_id);
+        g.refused_by.remove(worker_id);
     }
 
     pub fn renew(&self, attempts: &[AttemptRef]) {
@@ -157,8 +166,21 @@ impl WorkerRegistry {
         }
     }
 
+    /// How long this leader has not heard from the worker: since its last heartbeat,
+    /// or since this leader's election if none came since.
+    pub fn silent_for(&self, worker_id: &str) -> Duration {
+        let g = self.lock();
+        g.live
+            .get(worker_id)
+            .map(|l| l.last_heartbeat)
+            .or(g.leader_since)
+            .map(|t| t.elapsed())
+            .unwrap_or_default()
+    }
+
     /// Workers that may take a dispatch now: live, or not yet heard from since this
-    /// leader's election (the grace an election gives), and below their concurrency.
+    /// leader's election (the grace an election gives), below their concurrency, and
+    /// not refusing dispatches since their last heartbeat.
     pub fn candidates<'a>(
         &self,
         workers: impl Iterator<Item = &'a WorkerReg>,
@@ -167,6 +189,7 @@ impl WorkerRegistry {
         let timeout = self.lease + self.grace;
         workers
             .filter(|w| Self::state_in(&g, &w.id, timeout) != WorkerState::Lost)
+            .filter(|w| !g.refused_by.contains(&w.id))
             .filter_map(|w| {
                 let running = g.live.get(&w.id).map(|l| l.running).unwrap_or(0)
                     + g.reserved.get(&w.id).copied().unwrap_or(0);
@@ -212,18 +235,75 @@ impl WorkerRegistry {
             .unwrap_or_default()
     }
 
-    /// Drops the clocks of attempts whose instance finished (keeps leader memory bounded).
-    pub fn retain_active(&self, active: &std::collections::BTreeSet<InstanceId>) {
+    /// Drops the clocks of attempts whose instance finished, and what it remembers of
+    /// workers that are no longer registered (keeps leader memory bounded).
+    pub fn retain(&self, active: &BTreeSet<InstanceId>, workers: &BTreeMap<String, WorkerReg>) {
         let mut g = self.lock();
         g.renewals.retain(|(i, _), _| active.contains(i));
         g.stops_sent.retain(|(i, _)| active.contains(i));
         g.waiting_since.retain(|i, _| active.contains(i));
+        g.refused_since.retain(|i, _| active.contains(i));
+        g.live.retain(|w, _| workers.contains_key(w));
+        g.reserved.retain(|w, _| workers.contains_key(w));
+        g.refused_by.retain(|w| workers.contains_key(w));
+    }
+
+    /// Forgets a deregistered worker, including its WebSocket: nothing more is pushed
+    /// to it.
+    pub fn forget_worker(&self, worker_id: &str) {
+        let mut g = self.lock();
+        g.live.remove(worker_id);
+        g.reserved.remove(worker_id);
+        g.refused_by.remove(worker_id);
+        g.ws.remove(worker_id);
+    }
+
+    /// A dispatch of `instance` did not reach `worker_id` (refused, unreachable, no
+    /// WebSocket): the worker is no candidate until its next heartbeat, and the
+    /// instance's refusal clock starts (if it is not running already).
+    pub fn dispatch_refused(&self, worker_id: &str, instance: InstanceId, why: String) {
+        let mut g = self.lock();
+        g.refused_by.insert(worker_id.to_string());
+        g.refused_since
+            .entry(instance)
+            .and_modify(|(_, last)| *last = why.clone())
+            .or_insert_with(|| (Instant::now(), why));
+    }
+
+    /// A worker accepted (or started) an attempt: its lease clock restarts, and the
+    /// instance's refusal clock stops.
+    pub fn dispatch_accepted(&self, attempt: (InstanceId, u32)) {
+        let mut g = self.lock();
+        g.renewals.insert(attempt, Instant::now());
+        g.refused_since.remove(&attempt.0);
+    }
+
+    /// Since when dispatches of the instance have been refused, and the last refusal.
+    pub fn refused_for(&self, id: InstanceId) -> Option<(Duration, String)> {
+        self.lock()
+            .refused_since
+            .get(&id)
+            .map(|(since, why)| (since.elapsed(), why.clone()))
+    }
+
+    /// Whether the worker refused a dispatch since its last heartbeat.
+    pub fn refused_recently(&self, worker_id: &str) -> bool {
+        self.lock().refused_by.contains(worker_id)
     }
 
     pub fn forget_attempt(&self, attempt: (InstanceId, u32)) {
         let mut g = self.lock();
         g.renewals.remove(&attempt);
         g.stops_sent.remove(&attempt);
+    }
+
+    /// An attempt of the instance was lost by its lease (a try that counts): the
+    /// instance's clocks start afresh.
+    pub fn attempt_lost(&self, attempt: (InstanceId, u32)) {
+        let mut g = self.lock();
+        g.renewals.remove(&attempt);
+        g.stops_sent.remove(&attempt);
+        g.refused_since.remove(&attempt.0);
     }
 
     /// How long an instance has waited without a matching worker (starts the clock).

@@ -209,6 +209,7 @@ fn execute(state: &mut State, cmd: &Command, pos: FencingToken) -> Outcome {
             state.touch(Key::Worker(worker.id.clone()));
             Outcome::Worker { worker }
         }
+        Command::DeregisterWorker { id } => deregister_worker(state, id),
         Command::RunJob {
             job_id,
             params,
@@ -244,7 +245,16 @@ fn execute(state: &mut State, cmd: &Command, pos: FencingToken) -> Outcome {
         Command::Dispatch {
             instance_id,
             workers,
-        } => dispatch(state, *instance_id, workers, pos, now),
+        } => {
+            // A worker deregistered after the leader chose it gets nothing.
+            if let Some(gone) = workers.iter().find(|w| !state.workers.contains_key(*w)) {
+                return Outcome::rejected(StateError::Invalid {
+                    field: "workers".into(),
+                    message: format!("worker {gone} is not registered"),
+                });
+            }
+            dispatch(state, *instance_id, workers, pos, now)
+        }
         Command::Report {
             instance_id,
             attempt,
@@ -266,6 +276,32 @@ fn execute(state: &mut State, cmd: &Command, pos: FencingToken) -> Outcome {
                 a.status = InstanceStatus::Failed;
                 a.finished_at_ms = Some(now);
                 a.result = Some(format!("worker {} lost: {reason}", a.worker));
+                settle(inst, job, now);
+                true
+            });
+            Outcome::ReportAccepted {
+                accepted: accepted.unwrap_or(false),
+            }
+        }
+        Command::DispatchRefused {
+            instance_id,
+            attempt,
+            reason,
+        } => {
+            let accepted = with_instance(state, *instance_id, |inst, job| {
+                let Some(a) = inst.attempts.iter_mut().find(|a| a.number == *attempt) else {
+                    return false;
+                };
+                // Only a dispatch nobody reported on can have gone undelivered: an
+                // attempt that reported `running` (or ended) ran, whatever a late
+                // refusal says.
+                if a.status != InstanceStatus::Dispatched || inst.status.is_terminal() {
+                    return false;
+                }
+                a.status = InstanceStatus::Failed;
+                a.finished_at_ms = Some(now);
+                a.result = Some(format!("dispatch refused by worker {}: {reason}", a.worker));
+                a.dispatch_refused = true;
                 settle(inst, job, now);
                 true
             });
@@ -349,6 +385,48 @@ fn execute(state: &mut State, cmd: &Command, pos: FencingToken) -> Outcome {
             message: "unknown command".into(),
         }),
     }
+}
+
+/// Removes a worker's registration, unless an attempt dispatched to it is still open:
+/// that attempt is settled first (by the worker's report or its lease).
+fn deregister_worker(state: &mut State, id: &str) -> Outcome {
+    if !state.workers.contains_key(id) {
+        return Outcome::rejected(StateError::not_found("worker", id));
+    }
+    let open = open_attempts_of_worker(state, id);
+    if !open.is_empty() {
+        let list = open
+            .iter()
+            .take(5)
+            .map(|(i, a)| format!("instance {i} attempt {a}"))
+            .collect::<Vec<_>>()
+            .join(", ");
+        let more = if open.len() > 5 { ", …" } else { "" };
+        return Outcome::rejected(StateError::Conflict {
+            message: format!(
+                "worker {id} still holds {} open attempt(s) ({list}{more}); they are settled by the worker's reports or their leases first",
+                open.len()
+            ),
+        });
+    }
+    let worker = state.workers.remove(id).expect("checked above");
+    state.touch(Key::Worker(id.to_string()));
+    Outcome::Worker { worker }
+}
+
+/// The attempts dispatched to a worker that have not ended, as (instance, attempt).
+pub fn open_attempts_of_worker(state: &State, worker: &str) -> Vec<(InstanceId, u32)> {
+    state
+        .active
+        .iter()
+        .filter_map(|id| state.instances.get(id))
+        .flat_map(|inst| {
+            inst.attempts
+                .iter()
+                .filter(|a| a.worker == worker && !a.status.is_terminal())
+                .map(move |a| (inst.id, a.number))
+        })
+        .collect()
 }
 
 fn resolve_app(state: &State, spec: &JobSpec) -> Result<u64, StateError> {
@@ -504,6 +582,7 @@ fn dispatch(
                 started_at_ms: None,
                 finished_at_ms: None,
                 result: None,
+                dispatch_refused: false,
             };
             created.push(attempt.clone());
             inst.attempts.push(attempt);
@@ -597,11 +676,25 @@ fn settle(inst: &mut Instance, job: Option<&Job>, now: Millis) {
             .iter()
             .filter(|a| Some(a.fencing_token) == last_token)
             .collect();
-        let ok = round.iter().all(|a| a.status == InstanceStatus::Succeeded);
+        // A worker that refused the dispatch is treated like one that was not a
+        // candidate (at its concurrency limit): the round is judged by the workers
+        // that got it. If none did, nothing ran: the instance waits for a new round.
+        if round.iter().all(|a| a.dispatch_refused) {
+            inst.status = InstanceStatus::WaitingDispatch;
+            return;
+        }
+        let ok = round
+            .iter()
+            .filter(|a| !a.dispatch_refused)
+            .all(|a| a.status == InstanceStatus::Succeeded);
         let summary = round
             .iter()
             .map(|a| {
-                let status = format!("{:?}", a.status).to_lowercase();
+                let status = if a.dispatch_refused {
+                    "refused".to_string()
+                } else {
+                    format!("{:?}", a.status).to_lowercase()
+                };
                 format!(
                     "{}: {status}: {}",
                     a.worker,
@@ -621,6 +714,12 @@ fn settle(inst: &mut Instance, job: Option<&Job>, now: Millis) {
     let Some(last) = inst.attempts.last() else {
         return;
     };
+    if last.dispatch_refused {
+        // It never ran: wait for a worker again, without using up a retry. (A deleted
+        // job is failed by the dispatcher, with that reason.)
+        inst.status = InstanceStatus::WaitingDispatch;
+        return;
+    }
     match last.status {
         InstanceStatus::Succeeded => {
             let result = last.result.clone().unwrap_or_default();
@@ -632,7 +731,9 @@ fn settle(inst: &mut Instance, job: Option<&Job>, now: Millis) {
         }
         _ => {
             let allowed = job.map(|j| j.spec.retries).unwrap_or(0) as usize + 1;
-            if inst.attempts.len() < allowed && job.is_some() {
+            // Refused dispatches never ran: they are not tries.
+            let tries = inst.attempts.iter().filter(|a| !a.dispatch_refused).count();
+            if tries < allowed && job.is_some() {
                 inst.status = InstanceStatus::WaitingDispatch;
             } else {
                 let result = last.result.clone().unwrap_or_default();

@@ -115,6 +115,12 @@ pub enum Command {
     RegisterWorker {
         worker: WorkerReg,
     },
+    /// Removes a worker's registration: the worker shut down cleanly and said so, or
+    /// the leader found it lost for longer than `workers.forget_after_ms`. Refused
+    /// while an attempt dispatched to the worker is still open (its lease settles it).
+    DeregisterWorker {
+        id: String,
+    },
     /// Run a job now (or after `delay_ms`): a manual instance outside the fire cursor.
     RunJob {
         job_id: JobId,
@@ -136,8 +142,19 @@ pub enum Command {
         token: FencingToken,
         event: AttemptEvent,
     },
-    /// The leader declares an attempt lost (lease expired, or the dispatch was never acknowledged).
+    /// The leader declares an attempt lost: its lease expired (the worker died or was
+    /// cut off mid-run). Counts as a failed attempt.
     AttemptLost {
+        instance_id: InstanceId,
+        attempt: u32,
+        reason: String,
+    },
+    /// The dispatch of an attempt definitely did not reach its worker: the worker
+    /// refused it (at its concurrency limit, …), the connection was refused, or the
+    /// worker had no WebSocket to the leader. The attempt ends `failed` (marked
+    /// `dispatch_refused`), does not count against `retries`, and the instance goes
+    /// back to `waiting_dispatch`.
+    DispatchRefused {
         instance_id: InstanceId,
         attempt: u32,
         reason: String,

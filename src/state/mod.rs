@@ -13,7 +13,7 @@ mod apply;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-pub use apply::{apply, PRUNE_BATCH};
+pub use apply::{apply, open_attempts_of_worker, PRUNE_BATCH};
 pub use command::{
     AttemptEvent, Command, Outcome, Proposal, RequestMeta, Response, StateError, COMMAND_VERSION,
 };

@@ -301,6 +301,11 @@ pub struct Attempt {
     pub finished_at_ms: Option<Millis>,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub result: Option<String>,
+    /// The dispatch never reached the worker (it refused it, the connection was
+    /// refused, or it had no WebSocket to the leader). Such an attempt is `failed`
+    /// but did not run, so it does not count against the job's `retries`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub dispatch_refused: bool,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]

@@ -512,3 +512,331 @@ fn a_batch_applies_each_proposal_as_its_own_write() {
     );
     assert!(!unknown.supported());
 }
+
+// --- Dispatch refusals and worker deregistration ---
+
+/// An app `a`, a job `j` (id 2) with `retries` and the given mode, and the workers
+/// `a/<name>` registered. Returns the job id.
+fn job_with_workers(s: &mut State, retries: u32, broadcast: bool, workers: &[&str]) -> JobId {
+    create_app(s, "a");
+    let mut spec = spec("a", "j");
+    spec.retries = retries;
+    if broadcast {
+        spec.execution_mode = ExecutionMode::Broadcast;
+    }
+    let Outcome::Job { job } = apply(s, &prop(2, Command::CreateJob { spec }), 2).outcome else {
+        panic!("job created")
+    };
+    for (i, name) in workers.iter().enumerate() {
+        let worker = WorkerReg {
+            id: format!("a/{name}"),
+            app_id: job.app_id,
+            name: name.to_string(),
+            protocol: "ws".into(),
+            address: None,
+            tag: None,
+            version: "0.1.0".into(),
+            max_concurrency: 1,
+            registered_at_ms: 0,
+        };
+        apply(
+            s,
+            &prop(3, Command::RegisterWorker { worker }),
+            3 + i as u64,
+        );
+    }
+    job.id
+}
+
+fn run_now(s: &mut State, job_id: JobId, index: u64) -> InstanceId {
+    let cmd = Command::RunJob {
+        job_id,
+        params: serde_json::Value::Null,
+        delay_ms: 0,
+    };
+    match apply(s, &prop(10, cmd), index).outcome {
+        Outcome::InstanceCreated { id } => id,
+        other => panic!("{other:?}"),
+    }
+}
+
+fn dispatch_to(s: &mut State, id: InstanceId, workers: &[&str], index: u64) -> Outcome {
+    let cmd = Command::Dispatch {
+        instance_id: id,
+        workers: workers.iter().map(|w| format!("a/{w}")).collect(),
+    };
+    apply(s, &prop(20, cmd), index).outcome
+}
+
+fn refuse(s: &mut State, id: InstanceId, attempt: u32, index: u64) -> bool {
+    let cmd = Command::DispatchRefused {
+        instance_id: id,
+        attempt,
+        reason: "at the concurrency limit (1)".into(),
+    };
+    apply(s, &prop(30, cmd), index).outcome == Outcome::ReportAccepted { accepted: true }
+}
+
+fn lose(s: &mut State, id: InstanceId, attempt: u32, index: u64) -> bool {
+    let cmd = Command::AttemptLost {
+        instance_id: id,
+        attempt,
+        reason: "no lease renewal for 7.0s".into(),
+    };
+    apply(s, &prop(30, cmd), index).outcome == Outcome::ReportAccepted { accepted: true }
+}
+
+fn report(s: &mut State, id: InstanceId, attempt: u32, event: AttemptEvent, index: u64) -> bool {
+    let token = s.instances[&id].attempts[attempt as usize - 1].fencing_token;
+    let cmd = Command::Report {
+        instance_id: id,
+        attempt,
+        token,
+        event,
+    };
+    apply(s, &prop(40, cmd), index).outcome == Outcome::ReportAccepted { accepted: true }
+}
+
+fn finished(success: bool) -> AttemptEvent {
+    AttemptEvent::Finished {
+        success,
+        result: if success { "ok" } else { "exit code 1" }.into(),
+        stopped: false,
+    }
+}
+
+#[test]
+fn a_refused_dispatch_goes_back_to_waiting_without_using_up_a_retry() {
+    let mut s = State::default();
+    let job = job_with_workers(&mut s, 0, false, &["w"]);
+    let id = run_now(&mut s, job, 10);
+    assert!(matches!(
+        dispatch_to(&mut s, id, &["w"], 11),
+        Outcome::Dispatched { .. }
+    ));
+    assert!(refuse(&mut s, id, 1, 12));
+    let inst = &s.instances[&id];
+    assert_eq!(inst.status, InstanceStatus::WaitingDispatch, "{inst:?}");
+    assert!(s.active.contains(&id));
+    let a = &inst.attempts[0];
+    assert_eq!(a.status, InstanceStatus::Failed);
+    assert!(a.dispatch_refused);
+    assert_eq!(a.finished_at_ms, Some(30));
+    assert_eq!(
+        a.result.as_deref(),
+        Some("dispatch refused by worker a/w: at the concurrency limit (1)")
+    );
+    assert!(
+        !refuse(&mut s, id, 1, 13),
+        "a refusal settles an attempt once"
+    );
+
+    // With `retries: 0`, the next (delivered) attempt is the only try, and it succeeds.
+    assert!(matches!(
+        dispatch_to(&mut s, id, &["w"], 14),
+        Outcome::Dispatched { .. }
+    ));
+    assert!(report(&mut s, id, 2, AttemptEvent::Running, 15));
+    assert!(report(&mut s, id, 2, finished(true), 16));
+    let inst = &s.instances[&id];
+    assert_eq!(inst.status, InstanceStatus::Succeeded);
+    assert_eq!(inst.result.as_deref(), Some("ok"));
+    assert_eq!(inst.attempts.len(), 2);
+    // The refused attempt stays in the list with its reason, and serialises its mark.
+    let json = serde_json::to_value(inst).unwrap();
+    assert_eq!(json["attempts"][0]["dispatch_refused"], true);
+    assert!(json["attempts"][1].get("dispatch_refused").is_none());
+}
+
+#[test]
+fn refusals_are_not_tries_but_failures_and_lost_leases_are() {
+    let mut s = State::default();
+    let job = job_with_workers(&mut s, 1, false, &["w"]);
+    let id = run_now(&mut s, job, 10);
+    let mut index = 11;
+    let mut next = || {
+        index += 1;
+        index
+    };
+    // refused, failed (try 1), refused, refused, lost (try 2): failed with the lost result.
+    dispatch_to(&mut s, id, &["w"], next());
+    assert!(refuse(&mut s, id, 1, next()));
+    dispatch_to(&mut s, id, &["w"], next());
+    assert!(report(&mut s, id, 2, finished(false), next()));
+    assert_eq!(s.instances[&id].status, InstanceStatus::WaitingDispatch);
+    dispatch_to(&mut s, id, &["w"], next());
+    assert!(refuse(&mut s, id, 3, next()));
+    dispatch_to(&mut s, id, &["w"], next());
+    assert!(refuse(&mut s, id, 4, next()));
+    assert_eq!(s.instances[&id].status, InstanceStatus::WaitingDispatch);
+    dispatch_to(&mut s, id, &["w"], next());
+    assert!(lose(&mut s, id, 5, next()));
+    let inst = &s.instances[&id];
+    assert_eq!(inst.status, InstanceStatus::Failed, "{inst:?}");
+    assert_eq!(
+        inst.result.as_deref(),
+        Some("worker a/w lost: no lease renewal for 7.0s")
+    );
+    let refused: Vec<bool> = inst.attempts.iter().map(|a| a.dispatch_refused).collect();
+    assert_eq!(refused, vec![true, false, true, true, false]);
+}
+
+#[test]
+fn a_lost_lease_still_uses_up_a_retry() {
+    let mut s = State::default();
+    let job = job_with_workers(&mut s, 0, false, &["w"]);
+    let id = run_now(&mut s, job, 10);
+    dispatch_to(&mut s, id, &["w"], 11);
+    assert!(report(&mut s, id, 1, AttemptEvent::Running, 12));
+    assert!(lose(&mut s, id, 1, 13));
+    let inst = &s.instances[&id];
+    assert_eq!(inst.status, InstanceStatus::Failed);
+    assert!(!inst.attempts[0].dispatch_refused);
+}
+
+#[test]
+fn a_refusal_of_an_attempt_that_ran_is_ignored() {
+    let mut s = State::default();
+    let job = job_with_workers(&mut s, 0, false, &["w"]);
+    let id = run_now(&mut s, job, 10);
+    dispatch_to(&mut s, id, &["w"], 11);
+    assert!(report(&mut s, id, 1, AttemptEvent::Running, 12));
+    assert!(
+        !refuse(&mut s, id, 1, 13),
+        "it reported running: it was delivered"
+    );
+    let inst = &s.instances[&id];
+    assert_eq!(inst.status, InstanceStatus::Running);
+    assert_eq!(inst.attempts[0].status, InstanceStatus::Running);
+    assert!(!refuse(&mut s, id, 9, 14), "an unknown attempt");
+    assert!(!refuse(&mut s, 999, 1, 15), "an unknown instance");
+}
+
+#[test]
+fn a_refused_dispatch_of_a_stopping_instance_stops_it() {
+    let mut s = State::default();
+    let job = job_with_workers(&mut s, 3, false, &["w"]);
+    let id = run_now(&mut s, job, 10);
+    dispatch_to(&mut s, id, &["w"], 11);
+    apply(&mut s, &prop(25, Command::StopInstance { id }), 12);
+    assert_eq!(s.instances[&id].status, InstanceStatus::Stopping);
+    assert!(refuse(&mut s, id, 1, 13));
+    let inst = &s.instances[&id];
+    assert_eq!(inst.status, InstanceStatus::Stopped);
+    assert_eq!(inst.result.as_deref(), Some("stopped"));
+    assert!(!s.active.contains(&id));
+}
+
+#[test]
+fn a_broadcast_is_judged_by_the_workers_that_took_it() {
+    let mut s = State::default();
+    let job = job_with_workers(&mut s, 0, true, &["one", "two"]);
+
+    // One refuses, the other succeeds: succeeded, and the summary names the refusal.
+    let id = run_now(&mut s, job, 10);
+    dispatch_to(&mut s, id, &["one", "two"], 11);
+    assert!(refuse(&mut s, id, 2, 12));
+    assert_eq!(
+        s.instances[&id].status,
+        InstanceStatus::Dispatched,
+        "the round is still open"
+    );
+    assert!(report(&mut s, id, 1, finished(true), 13));
+    let inst = &s.instances[&id];
+    assert_eq!(inst.status, InstanceStatus::Succeeded, "{inst:?}");
+    let result = inst.result.as_deref().unwrap();
+    assert!(
+        result.contains("a/one: succeeded: ok")
+            && result.contains("a/two: refused: dispatch refused by worker a/two"),
+        "{result}"
+    );
+
+    // One refuses, the other fails: failed.
+    let id = run_now(&mut s, job, 20);
+    dispatch_to(&mut s, id, &["one", "two"], 21);
+    assert!(report(&mut s, id, 1, finished(false), 22));
+    assert!(refuse(&mut s, id, 2, 23));
+    assert_eq!(s.instances[&id].status, InstanceStatus::Failed);
+
+    // Every worker refuses: nothing ran, so the instance waits for a new round, which
+    // alone decides.
+    let id = run_now(&mut s, job, 30);
+    dispatch_to(&mut s, id, &["one", "two"], 31);
+    assert!(refuse(&mut s, id, 1, 32));
+    assert!(refuse(&mut s, id, 2, 33));
+    assert_eq!(s.instances[&id].status, InstanceStatus::WaitingDispatch);
+    dispatch_to(&mut s, id, &["one", "two"], 34);
+    assert!(report(&mut s, id, 3, finished(true), 35));
+    assert!(report(&mut s, id, 4, finished(true), 36));
+    let inst = &s.instances[&id];
+    assert_eq!(inst.status, InstanceStatus::Succeeded, "{inst:?}");
+    assert_eq!(
+        inst.result.as_deref(),
+        Some("a/one: succeeded: ok\na/two: succeeded: ok"),
+        "only the last round is summarised"
+    );
+}
+
+#[test]
+fn a_worker_is_deregistered_only_without_open_attempts() {
+    let mut s = State::default();
+    let job = job_with_workers(&mut s, 0, false, &["w", "idle"]);
+    let id = run_now(&mut s, job, 10);
+    dispatch_to(&mut s, id, &["w"], 11);
+    assert_eq!(open_attempts_of_worker(&s, "a/w"), vec![(id, 1)]);
+
+    let dereg = |name: &str| Command::DeregisterWorker {
+        id: format!("a/{name}"),
+    };
+    let out = apply(&mut s, &prop(50, dereg("w")), 12).outcome;
+    let Outcome::Rejected {
+        error: StateError::Conflict { message },
+    } = out
+    else {
+        panic!("{out:?}")
+    };
+    assert!(
+        message.contains(&format!("instance {id} attempt 1")),
+        "{message}"
+    );
+    assert!(s.workers.contains_key("a/w"));
+
+    // An idle worker goes at once; its record is deleted from storage too.
+    s.take_touched();
+    let out = apply(&mut s, &prop(51, dereg("idle")), 13).outcome;
+    assert!(
+        matches!(out, Outcome::Worker { ref worker } if worker.id == "a/idle"),
+        "{out:?}"
+    );
+    assert!(!s.workers.contains_key("a/idle"));
+    let touched = s.take_touched();
+    assert!(touched.contains(&Key::Worker("a/idle".into())));
+    assert_eq!(s.record(&Key::Worker("a/idle".into())), None);
+    // Nothing more is dispatched to it.
+    let other = run_now(&mut s, job, 14);
+    assert!(matches!(
+        dispatch_to(&mut s, other, &["idle"], 15),
+        Outcome::Rejected {
+            error: StateError::Invalid { .. }
+        }
+    ));
+    assert_eq!(s.instances[&other].status, InstanceStatus::WaitingDispatch);
+    // Again: not found.
+    assert!(matches!(
+        apply(&mut s, &prop(52, dereg("idle")), 16).outcome,
+        Outcome::Rejected {
+            error: StateError::NotFound { .. }
+        }
+    ));
+
+    // Once its attempt ended, the busy worker can go too.
+    assert!(report(&mut s, id, 1, finished(true), 17));
+    assert!(open_attempts_of_worker(&s, "a/w").is_empty());
+    assert!(matches!(
+        apply(&mut s, &prop(53, dereg("w")), 18).outcome,
+        Outcome::Worker { .. }
+    ));
+    assert!(s.workers.is_empty());
+    // The finished instance still names the worker it ran on.
+    assert_eq!(s.instances[&id].attempts[0].worker, "a/w");
+}

@@ -13,8 +13,8 @@ use super::processor::{
 };
 use super::transport::{Link, TransportError};
 use crate::protocol::{
-    AttemptRef, Dispatch, DispatchAck, Heartbeat, Register, Registered, Report, ServerMsg,
-    StopAttempt, WorkerMsg,
+    AttemptRef, Deregister, Dispatch, DispatchAck, Heartbeat, Register, Registered, Report,
+    ServerMsg, StopAttempt, WorkerMsg,
 };
 use crate::state::{AttemptEvent, InstanceId, LogLine};
 
@@ -49,6 +49,9 @@ const HEARTBEAT_WINDOW: Duration = Duration::from_secs(1);
 /// How long one report request keeps looking for the leader before the report loop
 /// pauses and sends it again (a report is never given up while the worker runs).
 const REPORT_WINDOW: Duration = Duration::from_secs(10);
+
+/// How long a worker that shuts down keeps trying to deregister.
+const DEREGISTER_WINDOW: Duration = Duration::from_secs(3);
 
 /// What the server told us at registration.
 #[derive(Debug, Clone)]
@@ -157,13 +160,26 @@ impl Worker {
         core.clone().heartbeat_loop().await;
         watchdog.abort();
         // Stopping: kill what still runs.
-        for h in core.held.lock().expect("held lock").values() {
-            h.cancel.cancel();
-        }
+        let held = {
+            let held = core.held.lock().expect("held lock");
+            for h in held.values() {
+                h.cancel.cancel();
+            }
+            held.len()
+        };
         let fatal = core.fatal.lock().expect("fatal lock").take();
         match fatal {
             Some(e) => Err(e),
-            None => Ok(()),
+            // The leader would refuse while attempts are open, and their final reports
+            // race with the exit: leave them, and the registration, to the leader.
+            None if held > 0 => {
+                tracing::info!(held, "Not deregistering: attempts were still held. The leader settles them by their leases, and forgets this worker after workers.forget_after_ms.");
+                Ok(())
+            }
+            None => {
+                core.deregister().await;
+                Ok(())
+            }
         }
     }
 }
@@ -222,6 +238,45 @@ impl Core {
                 _ = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(Duration::from_secs(2));
+        }
+    }
+
+    /// On a clean shutdown with nothing held, asks the leader to remove this worker's
+    /// registration. The leader refuses while an attempt dispatched here is still open
+    /// in its state; it then forgets this worker once it has been lost for
+    /// `workers.forget_after_ms`.
+    async fn deregister(&self) {
+        let Some(session) = self.session() else {
+            return;
+        };
+        let msg = WorkerMsg::Deregister(Deregister {
+            worker_id: session.worker_id.clone(),
+            credential: session.credential.clone(),
+        });
+        let deadline = Instant::now() + DEREGISTER_WINDOW;
+        let mut delay = Duration::from_millis(50);
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            let why = match self.link.call(&msg, left).await {
+                Ok(ServerMsg::Deregistered { removed, .. }) => {
+                    tracing::info!(worker = %session.worker_id, removed, "Deregistered.");
+                    return;
+                }
+                Ok(ServerMsg::Refused { code, message })
+                    if code != "unavailable" && code != "not_ready" =>
+                {
+                    tracing::warn!(worker = %session.worker_id, %code, %message, "Deregistration refused; the registration stays until the leader forgets it.");
+                    return;
+                }
+                Ok(other) => format!("{other:?}"),
+                Err(e) => e.to_string(),
+            };
+            if Instant::now() + delay >= deadline {
+                tracing::warn!(worker = %session.worker_id, error = %why, "Could not deregister; the registration stays until the leader forgets it.");
+                return;
+            }
+            tokio::time::sleep(delay).await;
+            delay = (delay * 2).min(Duration::from_millis(500));
         }
     }
 
@@ -349,6 +404,12 @@ impl Core {
         let Some(session) = self.session() else {
             return refuse("not registered".into(), 0);
         };
+        if self.shutdown.is_cancelled() {
+            return refuse(
+                "shutting down".into(),
+                self.highest_term(&session.cluster_id),
+            );
+        }
         if d.cluster_id != session.cluster_id {
             return refuse(
                 format!(

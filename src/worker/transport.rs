@@ -26,8 +26,8 @@ use tokio_util::sync::CancellationToken;
 use super::config::WorkerConfig;
 use super::runtime::Core;
 use crate::protocol::{
-    ServerMsg, WorkerMsg, WsServerFrame, WsWorkerFrame, PATH_HEARTBEAT, PATH_REGISTER, PATH_REPORT,
-    PATH_WS,
+    ServerMsg, WorkerMsg, WsServerFrame, WsWorkerFrame, PATH_DEREGISTER, PATH_HEARTBEAT,
+    PATH_REGISTER, PATH_REPORT, PATH_WS,
 };
 use crate::server::transport::{Discovery, PATH_DISCOVERY};
 
@@ -101,6 +101,7 @@ fn request_timeout(msg: &WorkerMsg) -> Duration {
         WorkerMsg::Register(_) => Duration::from_secs(15),
         WorkerMsg::Heartbeat(_) => Duration::from_secs(2),
         WorkerMsg::Report(_) => Duration::from_secs(10),
+        WorkerMsg::Deregister(_) => Duration::from_secs(6),
     }
 }
 
@@ -109,6 +110,7 @@ fn kind(msg: &WorkerMsg) -> &'static str {
         WorkerMsg::Register(_) => "registration",
         WorkerMsg::Heartbeat(_) => "heartbeat",
         WorkerMsg::Report(_) => "report",
+        WorkerMsg::Deregister(_) => "deregistration",
     }
 }
 
@@ -460,11 +462,13 @@ impl Link {
             WorkerMsg::Register(_) => PATH_REGISTER,
             WorkerMsg::Heartbeat(_) => PATH_HEARTBEAT,
             WorkerMsg::Report(_) => PATH_REPORT,
+            WorkerMsg::Deregister(_) => PATH_DEREGISTER,
         };
         let body = match msg {
             WorkerMsg::Register(r) => serde_json::to_value(r),
             WorkerMsg::Heartbeat(h) => serde_json::to_value(h),
             WorkerMsg::Report(r) => serde_json::to_value(r),
+            WorkerMsg::Deregister(d) => serde_json::to_value(d),
         }
         .expect("messages serialise");
         let resp = self

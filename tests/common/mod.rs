@@ -421,6 +421,18 @@ impl TestWorker {
         }
     }
 
+    /// SIGTERM (a clean shutdown), then waits up to `timeout` for the exit; returns
+    /// its exit code, or `None` if it did not exit (it is then killed).
+    pub fn stop(&mut self, timeout: Duration) -> Option<i32> {
+        let pid = self.child.as_ref()?.id();
+        unsafe_sigterm(pid);
+        let code = self.wait_exit(timeout);
+        if code.is_none() {
+            self.kill();
+        }
+        code
+    }
+
     /// Waits for the process to exit by itself; returns its exit code.
     pub fn wait_exit(&mut self, timeout: Duration) -> Option<i32> {
         let deadline = Instant::now() + timeout;
@@ -582,4 +594,26 @@ pub fn process_dead(pid: u32) -> bool {
                 == Some("Z")
         }
     }
+}
+
+/// The workers of `app` as `GET /api/v1/workers?app=` lists them (`None` if the
+/// request failed).
+pub async fn list_workers(c: &TestCluster, app: &str) -> Option<Vec<Value>> {
+    let v = c
+        .client()
+        .get(&format!("/api/v1/workers?app={app}"))
+        .await
+        .ok()?;
+    v["workers"].as_array().cloned()
+}
+
+/// The names of the workers of `app` that are listed (`None` if the request failed).
+pub async fn worker_names(c: &TestCluster, app: &str) -> Option<Vec<String>> {
+    Some(
+        list_workers(c, app)
+            .await?
+            .iter()
+            .filter_map(|w| w["name"].as_str().map(String::from))
+            .collect(),
+    )
 }

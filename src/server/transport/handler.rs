@@ -7,12 +7,12 @@ use sha2::Sha256;
 
 use super::TransportState;
 use crate::protocol::{
-    compatible, AttemptRef, Heartbeat, HeartbeatAck, Register, Registered, Report, ReportAck,
-    ServerMsg, WorkerMsg,
+    compatible, AttemptRef, Deregister, Heartbeat, HeartbeatAck, Register, Registered, Report,
+    ReportAck, ServerMsg, WorkerMsg,
 };
 use crate::server::api::validate;
 use crate::server::VERSION;
-use crate::state::{Command, InstanceStatus, Outcome, WorkerReg};
+use crate::state::{Command, InstanceStatus, Outcome, StateError, WorkerReg};
 
 /// The credential servers present to a worker and the worker presents back: derived
 /// from the cluster secret, so every leader knows it and the Raft log never holds it.
@@ -39,6 +39,7 @@ impl TransportState {
             WorkerMsg::Register(r) => self.register(r).await,
             WorkerMsg::Heartbeat(h) => self.heartbeat(h).await,
             WorkerMsg::Report(r) => self.report(r).await,
+            WorkerMsg::Deregister(d) => self.deregister(d).await,
         }
     }
 
@@ -275,7 +276,7 @@ impl TransportState {
             });
         }
         if let crate::state::AttemptEvent::Running = r.event {
-            self.node.workers.renew_attempt((instance_id, attempt));
+            self.node.workers.dispatch_accepted((instance_id, attempt));
         }
         let cmd = Command::Report {
             instance_id,
@@ -295,6 +296,63 @@ impl TransportState {
             Err(_) => self.not_leader().unwrap_or_else(|| {
                 refused("unavailable", "the report could not be committed; retry")
             }),
+        }
+    }
+
+    /// A worker shutting down cleanly asks to be forgotten. Refused while an attempt
+    /// dispatched to it is open: the worker's reports or the lease settle it first (and
+    /// the leader forgets the worker later, once it has been lost for
+    /// `workers.forget_after_ms`).
+    async fn deregister(&self, d: Deregister) -> ServerMsg {
+        if let Some(redirect) = self.not_leader() {
+            return redirect;
+        }
+        let cluster_id = match self.node.cluster_id() {
+            Some(c) => c,
+            None => return refused("not_ready", "the cluster has no id yet; retry"),
+        };
+        // The credential is derived from the worker id, so it is checked even when the
+        // registration is already gone (a resent deregistration).
+        let expected =
+            worker_credential(&self.node.config.cluster_secret, &cluster_id, &d.worker_id);
+        if !crate::server::cluster::secrets_equal(expected.as_bytes(), d.credential.as_bytes()) {
+            return refused("bad_credential", "wrong worker credential");
+        }
+        let cmd = Command::DeregisterWorker {
+            id: d.worker_id.clone(),
+        };
+        let deadline = std::time::Instant::now() + Duration::from_secs(5);
+        let outcome = match self.node.propose_until(cmd, None, deadline).await {
+            Ok(resp) => resp.outcome,
+            Err(_) => {
+                return self.not_leader().unwrap_or_else(|| {
+                    refused(
+                        "unavailable",
+                        "the deregistration could not be committed; retry",
+                    )
+                })
+            }
+        };
+        let removed = match outcome {
+            Outcome::Worker { .. } => true,
+            Outcome::Rejected {
+                error: StateError::NotFound { .. },
+            } => false,
+            Outcome::Rejected {
+                error: StateError::Conflict { message },
+            } => return refused("has_open_attempts", message),
+            other => {
+                return refused(
+                    "unavailable",
+                    format!("unexpected outcome {other:?}; retry"),
+                )
+            }
+        };
+        self.node.workers.forget_worker(&d.worker_id);
+        tracing::info!(worker = %d.worker_id, removed, "Worker deregistered.");
+        ServerMsg::Deregistered {
+            worker_id: d.worker_id,
+            removed,
         }
     }
 }

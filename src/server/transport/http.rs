@@ -6,7 +6,8 @@ use axum::{Json, Router};
 
 use super::TransportState;
 use crate::protocol::{
-    Heartbeat, Register, Report, ServerMsg, WorkerMsg, PATH_HEARTBEAT, PATH_REGISTER, PATH_REPORT,
+    Deregister, Heartbeat, Register, Report, ServerMsg, WorkerMsg, PATH_DEREGISTER, PATH_HEARTBEAT,
+    PATH_REGISTER, PATH_REPORT,
 };
 
 pub(super) fn routes(router: Router<TransportState>) -> Router<TransportState> {
@@ -14,6 +15,7 @@ pub(super) fn routes(router: Router<TransportState>) -> Router<TransportState> {
         .route(PATH_REGISTER, post(register))
         .route(PATH_HEARTBEAT, post(heartbeat))
         .route(PATH_REPORT, post(report))
+        .route(PATH_DEREGISTER, post(deregister))
 }
 
 async fn register(State(t): State<TransportState>, Json(r): Json<Register>) -> Json<ServerMsg> {
@@ -26,4 +28,8 @@ async fn heartbeat(State(t): State<TransportState>, Json(h): Json<Heartbeat>) ->
 
 async fn report(State(t): State<TransportState>, Json(r): Json<Report>) -> Json<ServerMsg> {
     Json(t.handle(WorkerMsg::Report(r)).await)
+}
+
+async fn deregister(State(t): State<TransportState>, Json(d): Json<Deregister>) -> Json<ServerMsg> {
+    Json(t.handle(WorkerMsg::Deregister(d)).await)
 }

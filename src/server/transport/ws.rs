@@ -11,8 +11,8 @@ use futures::{SinkExt, StreamExt};
 use tokio::sync::mpsc;
 
 use super::TransportState;
+use crate::protocol::AttemptRef;
 use crate::protocol::{ServerMsg, WorkerMsg, WsServerFrame, WsWorkerFrame, PATH_WS};
-use crate::state::Command;
 
 pub(super) fn routes(router: Router<TransportState>) -> Router<TransportState> {
     router.route(PATH_WS, get(upgrade))
@@ -108,22 +108,22 @@ async fn serve(t: TransportState, socket: WebSocket) {
                 );
             }
             WsWorkerFrame::DispatchAck { attempt, ack } => {
+                // Only the worker this socket belongs to can answer for its attempts.
+                let Some(id) = worker_id.clone().filter(|id| owns(&t, id, &attempt)) else {
+                    tracing::debug!(
+                        instance_id = attempt.instance_id,
+                        "Ignored a dispatch answer for an attempt of another worker."
+                    );
+                    continue;
+                };
                 let key = (attempt.instance_id, attempt.attempt);
                 if ack.accepted {
-                    t.node.workers.renew_attempt(key);
+                    t.node.workers.dispatch_accepted(key);
                 } else {
-                    let reason = format!(
-                        "worker refused the dispatch: {}",
-                        ack.reason.unwrap_or_default()
-                    );
-                    let cmd = Command::AttemptLost {
-                        instance_id: attempt.instance_id,
-                        attempt: attempt.attempt,
-                        reason,
-                    };
+                    let reason = ack.reason.unwrap_or_else(|| "no reason given".into());
                     let node = t.node.clone();
                     tokio::spawn(async move {
-                        let _ = node.propose(cmd, None).await;
+                        crate::server::dispatcher::refuse_dispatch(&node, &id, key, reason).await
                     });
                 }
             }
@@ -135,4 +135,15 @@ async fn serve(t: TransportState, socket: WebSocket) {
     drop(out_tx);
     drop(push_tx);
     let _ = writer.await;
+}
+
+/// Whether `attempt` (with its exact fencing token) was dispatched to `worker_id`.
+fn owns(t: &TransportState, worker_id: &str, attempt: &AttemptRef) -> bool {
+    let guard = t.node.state.read().expect("state lock");
+    guard
+        .state
+        .instances
+        .get(&attempt.instance_id)
+        .and_then(|i| i.attempts.iter().find(|a| a.number == attempt.attempt))
+        .is_some_and(|a| a.worker == worker_id && a.fencing_token == attempt.token)
 }
