@@ -227,9 +227,9 @@ async fn a_one_second_cron_runs_each_second_once_across_a_leader_kill() {
     })
     .await;
     let leader = c.leader().await;
-    // Kill 100 ms after a fire, so the next fire time falls inside the election.
+    // Kill 300 ms after a fire, so the next fire time falls inside the election.
     let phase = chrono::Utc::now().timestamp_millis() % 1000;
-    tokio::time::sleep(Duration::from_millis(((1100 - phase) % 1000) as u64)).await;
+    tokio::time::sleep(Duration::from_millis(((1300 - phase) % 1000) as u64)).await;
     let killed_at = chrono::Utc::now().timestamp_millis();
     c.node(leader).kill();
     let started = Instant::now();
