@@ -149,6 +149,21 @@ impl State {
         self.touch(Key::Instance(id));
     }
 
+    /// Every instance of a job, newest (highest id) first, from the per-job indexes
+    /// (so listing one job's instances does not scan all of them).
+    pub fn instances_of_job(&self, job: JobId) -> Vec<InstanceId> {
+        let mut ids: Vec<InstanceId> = self
+            .active_by_job
+            .get(&job)
+            .into_iter()
+            .flatten()
+            .chain(self.finished_by_job.get(&job).into_iter().flatten())
+            .copied()
+            .collect();
+        ids.sort_unstable_by(|a, b| b.cmp(a));
+        ids
+    }
+
     /// Unfinished instances of a job.
     pub fn active_of_job(&self, job: JobId) -> impl Iterator<Item = InstanceId> + '_ {
         self.active_by_job.get(&job).into_iter().flatten().copied()

@@ -840,3 +840,54 @@ fn a_worker_is_deregistered_only_without_open_attempts() {
     // The finished instance still names the worker it ran on.
     assert_eq!(s.instances[&id].attempts[0].worker, "a/w");
 }
+
+#[test]
+fn instances_of_a_job_come_from_the_indexes_newest_first() {
+    let mut s = State::default();
+    create_app(&mut s, "a");
+    let job = |s: &mut State, name: &str, i: u64| match apply(
+        s,
+        &prop(
+            2,
+            Command::CreateJob {
+                spec: spec("a", name),
+            },
+        ),
+        i,
+    )
+    .outcome
+    {
+        Outcome::Job { job } => job.id,
+        other => panic!("{other:?}"),
+    };
+    let (j1, j2) = (job(&mut s, "one", 2), job(&mut s, "two", 3));
+    let run = |s: &mut State, j: u64, i: u64| match apply(
+        s,
+        &prop(
+            3,
+            Command::RunJob {
+                job_id: j,
+                params: json!(null),
+                delay_ms: 0,
+            },
+        ),
+        i,
+    )
+    .outcome
+    {
+        Outcome::InstanceCreated { id } => id,
+        other => panic!("{other:?}"),
+    };
+    let a = run(&mut s, j1, 4);
+    let b = run(&mut s, j2, 5);
+    let c = run(&mut s, j1, 6);
+    apply(&mut s, &prop(4, Command::CancelInstance { id: a }), 7);
+    assert_eq!(
+        s.instances_of_job(j1),
+        vec![c, a],
+        "active and finished, newest first"
+    );
+    assert_eq!(s.instances_of_job(j2), vec![b]);
+    s.rebuild_indexes();
+    assert_eq!(s.instances_of_job(j1), vec![c, a]);
+}

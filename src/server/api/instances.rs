@@ -115,16 +115,26 @@ pub async fn list_instances(
     read_barrier(&node, q.consistency.as_deref()).await?;
     let limit = q.limit.unwrap_or(100).min(1000);
     let guard = node.state.read().expect("state lock");
-    let instances = guard
-        .state
-        .instances
-        .values()
-        .rev()
-        .filter(|i| q.job_id.is_none_or(|j| i.job_id == j))
-        .filter(|i| q.status.is_none_or(|s| i.status == s))
-        .take(limit)
-        .cloned()
-        .collect();
+    let state = &guard.state;
+    let matches = |i: &&crate::state::Instance| q.status.is_none_or(|s| i.status == s);
+    let instances = match q.job_id {
+        Some(job) => state
+            .instances_of_job(job)
+            .into_iter()
+            .filter_map(|id| state.instances.get(&id))
+            .filter(matches)
+            .take(limit)
+            .cloned()
+            .collect(),
+        None => state
+            .instances
+            .values()
+            .rev()
+            .filter(matches)
+            .take(limit)
+            .cloned()
+            .collect(),
+    };
     Ok(Json(InstanceList { instances }))
 }
 
