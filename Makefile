@@ -13,7 +13,7 @@ CARGO     ?= cargo
 # (a test-name filter) or `make test TEST_ARGS=--nocapture`.
 TEST_ARGS ?=
 
-.PHONY: help deps dev test lint fmt build clean-dev measure
+.PHONY: help deps dev test lint fmt build clean-dev measure image test-compose
 
 help: ## Show this list of targets
 	@echo "raftjob make targets:"
@@ -50,6 +50,13 @@ fmt: ## Format the code with rustfmt
 
 build: deps ## Build the binaries (dev profile)
 	$(CARGO) build --bins
+
+image: deps ## Build the Docker image raftjob:dev (FROM scratch) from target/debug/raftjob
+	$(CARGO) build --bin raftjob
+	docker/build-image.sh
+
+test-compose: image ## Run the Docker Compose test (tests/compose.rs) against a fresh raftjob:dev
+	$(CARGO) test --test compose -- --nocapture --test-threads=1 $(TEST_ARGS)
 
 clean-dev: ## Remove the dev cluster's state (.dev-cluster/: data, logs, secrets)
 	rm -rf .dev-cluster

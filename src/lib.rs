@@ -8,10 +8,12 @@
 //! - [`config`]: the one validated server configuration.
 //! - [`client`]: a Rust client of the HTTP API, used by the CLI and the tests.
 //! - [`cli`]: the operator CLI (`raftjob cluster|job|instance|app`, `raftjob worker list`).
+//! - [`healthcheck`]: `raftjob healthcheck`, the container health probe.
 
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod healthcheck;
 pub mod protocol;
 pub mod raft;
 pub mod schedule;

@@ -37,6 +37,8 @@ enum Cmd {
     Instance(cli::instance::InstanceCmd),
     /// Create and list apps.
     App(cli::app::AppCmd),
+    /// Exit 0 if a server's /healthz (or /readyz with --ready) answers 200, else 1.
+    Healthcheck(raftjob::healthcheck::HealthcheckArgs),
 }
 
 fn init_tracing(format: LogFormat) {
@@ -65,6 +67,7 @@ fn main() -> ExitCode {
         Cmd::Job(c) => cli::job::run(c),
         Cmd::Instance(c) => cli::instance::run(c),
         Cmd::App(c) => cli::app::run(c),
+        Cmd::Healthcheck(a) => raftjob::healthcheck::run(a),
     }
 }
 

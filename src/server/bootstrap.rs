@@ -145,6 +145,9 @@ async fn publish_once(node: &Node) -> Result<(), super::propose::ProposeError> {
         .await?;
         tracing::info!(%cluster_id, "Recorded the cluster id.");
     }
+    if leader == Some(node.id) {
+        provision_apps(node).await?;
+    }
     let transports: BTreeMap<String, String> = node
         .bound
         .transports
@@ -176,6 +179,47 @@ async fn publish_once(node: &Node) -> Result<(), super::propose::ProposeError> {
         };
         node.propose(cmd, Some(request)).await?;
         tracing::info!(node_id = node.id, "Published this node's addresses.");
+    }
+    Ok(())
+}
+
+/// Creates the configured `bootstrap_apps` that do not exist yet, with the operator's
+/// worker tokens (only their hashes enter the log). Leader only, after the cluster id is
+/// recorded. The request id is derived from the app name, so a retried or repeated
+/// proposal (from this or a later leader) creates the app at most once.
+async fn provision_apps(node: &Node) -> Result<(), super::propose::ProposeError> {
+    let missing: Vec<_> = {
+        let s = node.state.read().expect("state lock");
+        if s.state.meta.cluster_id.is_none() {
+            return Ok(());
+        }
+        node.config
+            .bootstrap_apps
+            .iter()
+            .filter(|a| s.state.app_by_name(&a.name).is_none())
+            .cloned()
+            .collect()
+    };
+    for app in missing {
+        let cmd = Command::CreateApp {
+            name: app.name.clone(),
+            worker_token_hash: crate::server::api::hash_token(&app.worker_token),
+        };
+        let body_hash = crate::server::api::hash_body("bootstrap-app", &app.name);
+        let request = RequestMeta {
+            id: format!("bootstrap-app/{}", app.name),
+            body_hash,
+        };
+        let resp = node.propose(cmd, Some(request)).await?;
+        match resp.outcome {
+            crate::state::Outcome::App { app: created } if !resp.replayed => {
+                tracing::info!(app = %created.name, id = created.id, "Created a bootstrap app with its configured worker token.")
+            }
+            crate::state::Outcome::App { .. } => {}
+            other => {
+                tracing::warn!(app = %app.name, outcome = ?other, "Bootstrap app not created.")
+            }
+        }
     }
     Ok(())
 }
