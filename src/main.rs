@@ -37,6 +37,9 @@ enum Cmd {
     Instance(cli::instance::InstanceCmd),
     /// Create and list apps.
     App(cli::app::AppCmd),
+    /// Failover drills: disrupt the leader under load and measure the recovery
+    /// (docs/drills.md).
+    Drill(cli::drill::DrillCmd),
     /// Exit 0 if a server's /healthz (or /readyz with --ready) answers 200, else 1.
     Healthcheck(raftjob::healthcheck::HealthcheckArgs),
 }
@@ -67,6 +70,7 @@ fn main() -> ExitCode {
         Cmd::Job(c) => cli::job::run(c),
         Cmd::Instance(c) => cli::instance::run(c),
         Cmd::App(c) => cli::app::run(c),
+        Cmd::Drill(c) => cli::drill::run(c),
         Cmd::Healthcheck(a) => raftjob::healthcheck::run(a),
     }
 }

@@ -40,6 +40,13 @@ pub enum ClusterSub {
         #[arg(long)]
         id: u64,
     },
+    /// Hand the leadership over to a caught-up voter (for maintenance on the leader).
+    /// Exits with 1 if the target is not a caught-up voter or already leads.
+    TransferLeader {
+        /// The voter that should become the leader.
+        #[arg(long)]
+        to: u64,
+    },
 }
 
 /// Membership changes wait on the server for up to 60 s (a learner catching up).
@@ -66,6 +73,7 @@ pub fn run(cmd: ClusterCmd) -> ExitCode {
                 });
                 Ok(())
             }
+            ClusterSub::TransferLeader { to } => transfer_leader(&cmd.common, to).await,
             ClusterSub::Remove { id } => {
                 let ctx = Ctx::with_timeout(&cmd.common, MEMBERSHIP_TIMEOUT);
                 let v = ctx
@@ -82,6 +90,35 @@ pub fn run(cmd: ClusterCmd) -> ExitCode {
             }
         }
     })
+}
+
+/// A transfer waits on the server for the target to catch up (3 s) and for up to
+/// three election attempts.
+const TRANSFER_TIMEOUT: Duration = Duration::from_secs(30);
+
+async fn transfer_leader(common: &Common, to: u64) -> Result<(), CliError> {
+    let ctx = Ctx::with_timeout(common, TRANSFER_TIMEOUT);
+    let started = std::time::Instant::now();
+    let body = json!({ "to": to });
+    let v = ctx
+        .write_once(Method::POST, "/api/v1/cluster/transfer-leader", Some(&body))
+        .await?;
+    let seen_ms = started.elapsed().as_millis();
+    ctx.print(&v, |v| render_transfer(v, seen_ms));
+    Ok(())
+}
+
+/// `leadership moved from node 1 to node 2 in 312 ms (...)`.
+pub fn render_transfer(v: &Value, seen_ms: u128) -> String {
+    format!(
+        "leadership moved from node {} to node {} in {} ms (catch-up {} ms, {} election attempt(s); {} ms as seen by this command)\n",
+        text(&v["previous_leader_id"]),
+        text(&v["new_leader_id"]),
+        text(&v["took_ms"]),
+        text(&v["catch_up_ms"]),
+        text(&v["attempts"]),
+        seen_ms
+    )
 }
 
 /// One node's answer to `GET /api/v1/cluster`.

@@ -7,6 +7,7 @@
 
 pub mod app;
 pub mod cluster;
+pub mod drill;
 pub mod instance;
 pub mod job;
 pub mod output;

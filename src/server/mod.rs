@@ -203,7 +203,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve(
         api_listener,
-        api::router(node.clone()),
+        // The leadership-transfer route lives with the cluster code (it drives Raft).
+        api::router(node.clone()).merge(cluster::api_router(node.clone())),
         node.shutdown.clone(),
     ));
     tasks.spawn(serve(
