@@ -973,8 +973,12 @@ async fn transfer_with_retries(
 
 /// One load client: create a job, every fifth round run one of its jobs, read one
 /// back; each write with its own idempotency key, so a retry on another node is safe.
+/// A client has at most one run unfinished: runs are throttled to what the workers
+/// finish, so a drill never builds a dispatch backlog that would hide the failover
+/// in its `first_dispatch` figure.
 async fn load(c: Client, app: String, prefix: String, ledger: Arc<Ledger>, stop: Arc<AtomicBool>) {
     let mut mine: Vec<u64> = Vec::new();
+    let mut pending_run: Option<u64> = None;
     let mut k: u64 = 0;
     while !stop.load(Ordering::Relaxed) {
         // Paced: a steady load, not a benchmark (a few hundred requests a second).
@@ -995,6 +999,21 @@ async fn load(c: Client, app: String, prefix: String, ledger: Arc<Ledger>, stop:
             ledger.jobs.lock().expect("lock").push(id);
         }
         if k % 5 == 0 {
+            if let Some(run) = pending_run {
+                let r = c
+                    .request(Method::GET, &format!("/api/v1/instances/{run}"), None, None)
+                    .await;
+                ledger.record(&r);
+                let finished = r.ok().is_some_and(|v| {
+                    ["succeeded", "failed", "stopped", "canceled"]
+                        .contains(&v["status"].as_str().unwrap_or(""))
+                });
+                if finished {
+                    pending_run = None;
+                }
+            }
+        }
+        if k % 5 == 0 && pending_run.is_none() {
             if let Some(&job) = mine.last() {
                 let key = format!("{name}-run");
                 let r = c
@@ -1008,6 +1027,7 @@ async fn load(c: Client, app: String, prefix: String, ledger: Arc<Ledger>, stop:
                 ledger.record(&r);
                 if let Some(id) = r.ok().and_then(|v| v["instance_id"].as_u64()) {
                     ledger.instances.lock().expect("lock").push(id);
+                    pending_run = Some(id);
                 }
             }
         }
