@@ -4,62 +4,12 @@
 
 mod common;
 
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 use common::*;
-use serde_json::{json, Value};
+use serde_json::json;
 
 const READY: Duration = Duration::from_secs(30);
-
-/// What one CLI run printed, and its exit code.
-#[derive(Debug)]
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
-    }
-
-    #[track_caller]
-    fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "the command failed: {self:?}");
-        self
-    }
-}
-
-/// Runs `raftjob <args>` with no `RAFTJOB_*` variables from the test's environment.
-fn cli(args: &[&str], env: &[(&str, &str)]) -> Out {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_raftjob"));
-    cmd.args(args)
-        .env_remove("RAFTJOB_SERVER")
-        .env_remove("RAFTJOB_ADMIN_TOKEN")
-        .env_remove("RAFTJOB_LOG")
-        .stdin(Stdio::null());
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().expect("the raftjob binary runs");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// Every node's api address, comma separated.
-fn servers(c: &TestCluster) -> String {
-    c.nodes
-        .iter()
-        .map(|n| n.api.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
 
 /// Runs `raftjob <args> --server <every node> --token <admin token>`.
 fn cli_on(c: &TestCluster, args: &[&str]) -> Out {

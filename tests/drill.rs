@@ -13,53 +13,6 @@ use serde_json::{json, Value};
 
 const READY: Duration = Duration::from_secs(30);
 
-/// What one CLI run printed, and its exit code.
-#[derive(Debug)]
-struct Out {
-    code: i32,
-    stdout: String,
-    stderr: String,
-}
-
-impl Out {
-    fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout)
-            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
-    }
-
-    #[track_caller]
-    fn ok(self) -> Self {
-        assert_eq!(self.code, 0, "the command failed: {self:?}");
-        self
-    }
-}
-
-/// Runs `raftjob <args>` with no `RAFTJOB_*` variables from the test's environment.
-fn cli(args: &[&str]) -> Out {
-    let out = Command::new(env!("CARGO_BIN_EXE_raftjob"))
-        .args(args)
-        .env_remove("RAFTJOB_SERVER")
-        .env_remove("RAFTJOB_ADMIN_TOKEN")
-        .env_remove("RAFTJOB_LOG")
-        .stdin(Stdio::null())
-        .output()
-        .expect("the raftjob binary runs");
-    Out {
-        code: out.status.code().unwrap_or(-1),
-        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
-        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
-    }
-}
-
-/// Every node's api address, comma separated.
-fn servers(c: &TestCluster) -> String {
-    c.nodes
-        .iter()
-        .map(|n| n.api.to_string())
-        .collect::<Vec<_>>()
-        .join(",")
-}
-
 /// Runs `raftjob <args> --server <every node> --token <admin token>` off the runtime.
 async fn cli_on(c: &TestCluster, args: &[&str]) -> Out {
     let mut all: Vec<String> = args.iter().map(|s| s.to_string()).collect();
@@ -71,7 +24,7 @@ async fn cli_on(c: &TestCluster, args: &[&str]) -> Out {
     ]);
     tokio::task::spawn_blocking(move || {
         let refs: Vec<&str> = all.iter().map(String::as_str).collect();
-        cli(&refs)
+        cli(&refs, &[])
     })
     .await
     .unwrap()
@@ -258,16 +211,19 @@ async fn transfer_leader_to_each_follower_in_turn() {
     let s = args_servers.join(",");
     let to = down.to_string();
     let out = tokio::task::spawn_blocking(move || {
-        cli(&[
-            "cluster",
-            "transfer-leader",
-            "--to",
-            &to,
-            "--server",
-            &s,
-            "--token",
-            TOKEN,
-        ])
+        cli(
+            &[
+                "cluster",
+                "transfer-leader",
+                "--to",
+                &to,
+                "--server",
+                &s,
+                "--token",
+                TOKEN,
+            ],
+            &[],
+        )
     })
     .await
     .unwrap();

@@ -212,6 +212,21 @@ pub struct FireItem {
     pub dispatch_to: Vec<String>,
 }
 
+impl FireItem {
+    /// An item for one job version that runs and skips nothing yet.
+    pub fn new(job_id: JobId, job_version: u64) -> Self {
+        Self {
+            job_id,
+            job_version,
+            run: Vec::new(),
+            skip: Vec::new(),
+            skip_kind: None,
+            skip_through_ms: None,
+            dispatch_to: Vec::new(),
+        }
+    }
+}
+
 /// An instance a `Fire` created already dispatched, with its attempts.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct FiredDispatch {

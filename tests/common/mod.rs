@@ -617,3 +617,52 @@ pub async fn worker_names(c: &TestCluster, app: &str) -> Option<Vec<String>> {
             .collect(),
     )
 }
+
+/// What one `raftjob` CLI run printed, and its exit code.
+#[derive(Debug)]
+pub struct Out {
+    pub code: i32,
+    pub stdout: String,
+    pub stderr: String,
+}
+
+impl Out {
+    pub fn json(&self) -> Value {
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("stdout is not JSON ({e}): {self:?}"))
+    }
+
+    #[track_caller]
+    pub fn ok(self) -> Self {
+        assert_eq!(self.code, 0, "the command failed: {self:?}");
+        self
+    }
+}
+
+/// Runs `raftjob <args>` with no `RAFTJOB_*` variables from the test's environment.
+pub fn cli(args: &[&str], env: &[(&str, &str)]) -> Out {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_raftjob"));
+    cmd.args(args)
+        .env_remove("RAFTJOB_SERVER")
+        .env_remove("RAFTJOB_ADMIN_TOKEN")
+        .env_remove("RAFTJOB_LOG")
+        .stdin(Stdio::null());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("the raftjob binary runs");
+    Out {
+        code: out.status.code().unwrap_or(-1),
+        stdout: String::from_utf8_lossy(&out.stdout).into_owned(),
+        stderr: String::from_utf8_lossy(&out.stderr).into_owned(),
+    }
+}
+
+/// Every node's api address, comma separated.
+pub fn servers(c: &TestCluster) -> String {
+    c.nodes
+        .iter()
+        .map(|n| n.api.to_string())
+        .collect::<Vec<_>>()
+        .join(",")
+}

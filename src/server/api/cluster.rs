@@ -89,11 +89,7 @@ pub async fn get_cluster(State(node): State<Arc<Node>>) -> Result<Json<ClusterVi
                 cluster_addr: n.addr.clone(),
                 api_addr: a.map(|a| a.api_addr.clone()),
                 transports: a.map(|a| a.transports.clone()).unwrap_or_default(),
-                matched_index: m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(id).cloned().flatten())
-                    .map(|l| l.index),
+                matched_index: crate::server::cluster::matched_index(&m, *id),
             }
         })
         .collect();

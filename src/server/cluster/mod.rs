@@ -312,11 +312,7 @@ impl Node {
                     leader_id: m.current_leader,
                 };
             }
-            let matched = m
-                .replication
-                .as_ref()
-                .and_then(|r| r.get(&to).cloned().flatten())
-                .map(|l| l.index);
+            let matched = matched_index(&m, to);
             if matched.is_some() && matched == m.last_log_index {
                 break;
             }
@@ -374,11 +370,7 @@ impl Node {
                         leader_id: m.current_leader,
                     };
                 }
-                let matched = m
-                    .replication
-                    .as_ref()
-                    .and_then(|r| r.get(&to).cloned().flatten())
-                    .map(|l| l.index);
+                let matched = matched_index(&m, to);
                 if matched.is_some() && matched == m.last_log_index {
                     break (m.current_term, matched);
                 }
@@ -540,6 +532,17 @@ impl Node {
             ),
         }
     }
+}
+
+/// The last log index the leader knows `to` holds (from its replication metrics).
+pub(crate) fn matched_index(
+    m: &openraft::RaftMetrics<NodeId, openraft::BasicNode>,
+    to: NodeId,
+) -> Option<u64> {
+    m.replication
+        .as_ref()
+        .and_then(|r| r.get(&to).cloned().flatten())
+        .map(|l| l.index)
 }
 
 async fn forward_transfer(

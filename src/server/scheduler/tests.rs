@@ -136,13 +136,8 @@ fn a_cron_fires_each_time_once_and_the_cursor_refuses_a_repeat() {
 
     // A deposed leader's late duplicate of the same fire is ignored by apply.
     let dup = FireItem {
-        job_id: job,
-        job_version: w.state.jobs[&job].version,
         run: vec![T0 + SEC],
-        skip: vec![],
-        skip_kind: None,
-        skip_through_ms: None,
-        dispatch_to: vec![],
+        ..FireItem::new(job, w.state.jobs[&job].version)
     };
     let out = w.apply(T0 + SEC, Command::Fire { items: vec![dup] });
     assert_eq!(
@@ -381,13 +376,8 @@ fn disabling_a_job_disarms_it_and_a_stale_version_is_ignored() {
     p.refresh(&w.state, [job], T0);
     assert_eq!(p.armed(job), None);
     let item = FireItem {
-        job_id: job,
-        job_version: stale_version,
         run: vec![T0 + SEC],
-        skip: vec![],
-        skip_kind: None,
-        skip_through_ms: None,
-        dispatch_to: vec![],
+        ..FireItem::new(job, stale_version)
     };
     let out = w.apply(T0 + SEC, Command::Fire { items: vec![item] });
     assert_eq!(
@@ -513,13 +503,9 @@ fn a_fire_can_dispatch_its_instance_in_the_same_entry() {
     let mut w = World::new();
     let job = w.job(T0 + 1, every_second());
     let item = FireItem {
-        job_id: job,
-        job_version: w.state.jobs[&job].version,
         run: vec![T0 + SEC],
-        skip: vec![],
-        skip_kind: None,
-        skip_through_ms: None,
         dispatch_to: vec!["app/w1".into()],
+        ..FireItem::new(job, w.state.jobs[&job].version)
     };
     let out = w.apply(T0 + SEC, Command::Fire { items: vec![item] });
     let Outcome::Fired {
