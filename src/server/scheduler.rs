@@ -139,13 +139,7 @@ impl Planner {
         let timeline = self.timeline(job)?;
         let cursor = job.last_fire_time_ms;
         let next = if timeline.is_fixed_delay() {
-            let running = state.active_of_job(job.id).any(|i| {
-                state
-                    .instances
-                    .get(&i)
-                    .is_some_and(|x| x.trigger == Trigger::Schedule)
-            });
-            if running {
+            if scheduled_instance_unfinished(state, job.id) {
                 return None;
             }
             fixed_delay_due(&timeline, job)?
@@ -177,13 +171,8 @@ impl Planner {
             missed.last().copied()
         };
         let mut item = FireItem {
-            job_id: job.id,
-            job_version: job.version,
-            run: Vec::new(),
-            skip: Vec::new(),
             skip_kind: Some(SkipKind::Misfire),
-            skip_through_ms: None,
-            dispatch_to: Vec::new(),
+            ..FireItem::new(job.id, job.version)
         };
         match job.spec.misfire_policy {
             MisfirePolicy::Skip => {
@@ -275,13 +264,8 @@ impl Planner {
                 continue;
             };
             items.push(FireItem {
-                job_id: job,
-                job_version: j.version,
                 run: vec![at],
-                skip: Vec::new(),
-                skip_kind: None,
-                skip_through_ms: None,
-                dispatch_to: Vec::new(),
+                ..FireItem::new(job, j.version)
             });
         }
         for item in &items {
@@ -306,6 +290,17 @@ impl Planner {
     pub fn armed(&self, job: JobId) -> Option<Millis> {
         self.armed.get(&job).copied()
     }
+}
+
+/// Whether one of the job's scheduled instances is still unfinished: a fixed-delay
+/// job has no next time until it ends.
+fn scheduled_instance_unfinished(state: &State, job: JobId) -> bool {
+    state.active_of_job(job).any(|i| {
+        state
+            .instances
+            .get(&i)
+            .is_some_and(|x| x.trigger == Trigger::Schedule)
+    })
 }
 
 /// A fixed-delay job's next time: `delay` after its previous scheduled instance
@@ -358,13 +353,7 @@ pub fn upcoming(state: &State, job: &Job, count: usize) -> Vec<Millis> {
         return Vec::new();
     };
     if timeline.is_fixed_delay() {
-        let running = state.active_of_job(job.id).any(|i| {
-            state
-                .instances
-                .get(&i)
-                .is_some_and(|x| x.trigger == Trigger::Schedule)
-        });
-        if running {
+        if scheduled_instance_unfinished(state, job.id) {
             return Vec::new();
         }
         return fixed_delay_due(&timeline, job).into_iter().collect();
@@ -394,10 +383,12 @@ pub async fn run(node: Arc<Node>) {
         }
         if leading && !built && super::dispatcher::caught_up(&node) {
             let now = clock.now_ms();
+            // Clear before reading: a job changed after this point stays dirty and is
+            // re-planned on the next pass instead of being lost between the two locks.
+            node.state.write().expect("state lock").dirty_jobs.clear();
             let guard = node.state.read().expect("state lock");
             let caught = planner.rebuild(&guard.state, now);
             drop(guard);
-            node.state.write().expect("state lock").dirty_jobs.clear();
             built = true;
             tracing::info!(
                 node_id = node.id,
@@ -411,9 +402,13 @@ pub async fn run(node: Arc<Node>) {
         }
         if built {
             let now = clock.now_ms();
-            let dirty: BTreeSet<JobId> = {
-                let mut guard = node.state.write().expect("state lock");
-                std::mem::take(&mut guard.dirty_jobs)
+            // The loop wakes on every apply: take the write lock only when there is
+            // something to take, so API reads are not held up for nothing.
+            let any_dirty = !node.state.read().expect("state lock").dirty_jobs.is_empty();
+            let dirty: BTreeSet<JobId> = if any_dirty {
+                std::mem::take(&mut node.state.write().expect("state lock").dirty_jobs)
+            } else {
+                BTreeSet::new()
             };
             while let Ok(jobs) = done_rx.try_recv() {
                 done_jobs.extend(jobs);
