@@ -9,11 +9,15 @@
 //! - [`client`]: a Rust client of the HTTP API, used by the CLI and the tests.
 //! - [`cli`]: the operator CLI (`raftjob cluster|job|instance|app`, `raftjob worker list`).
 //! - [`healthcheck`]: `raftjob healthcheck`, the container health probe.
+//! - [`entry`]: the `raftjob` command's `main`, shared by its binaries.
+//! - [`planted`]: test-only planted bugs (`planted-bugs` feature) for jepsen-lite.
 
 pub mod cli;
 pub mod client;
 pub mod config;
+pub mod entry;
 pub mod healthcheck;
+pub mod planted;
 pub mod protocol;
 pub mod raft;
 pub mod schedule;

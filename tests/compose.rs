@@ -622,5 +622,55 @@ async fn compose_cluster_runs_jobs_and_survives_a_leader_stop() {
         },
     )
     .await;
+
+    // The drill in docker mode: two rounds of `docker kill` of the leader's container
+    // (found from compose's own container name), under load, nothing lost.
+    let out = project.run(&["ps", "-q", "raftjob-1"]);
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    let out = run_quiet(Command::new("docker").args(["inspect", "--format", "{{.Name}}", &id]))
+        .expect("docker inspect");
+    let name = String::from_utf8_lossy(&out.stdout)
+        .trim()
+        .trim_start_matches('/')
+        .to_string();
+    let at = name
+        .rfind("raftjob-1")
+        .expect("compose names containers after services");
+    let template = format!("{}raftjob-{{node_id}}{}", &name[..at], &name[at + 9..]);
+    let servers = api_ports
+        .iter()
+        .map(|p| format!("127.0.0.1:{p}"))
+        .collect::<Vec<_>>()
+        .join(",");
+    let drill = tokio::task::spawn_blocking(move || {
+        Command::new(BIN)
+            .args([
+                "drill", "--mode", "docker", "--rounds", "2", "--app", "demo",
+            ])
+            .args(["--container-template", &template, "--json"])
+            .args(["--server", &servers, "--token", ADMIN])
+            .stdin(Stdio::null())
+            .output()
+            .expect("raftjob drill runs")
+    })
+    .await
+    .unwrap();
+    let stdout = String::from_utf8_lossy(&drill.stdout);
+    let stderr = String::from_utf8_lossy(&drill.stderr);
+    assert!(drill.status.success(), "drill failed: {stdout}\n{stderr}");
+    let report: Value = serde_json::from_str(&stdout).expect("the drill prints JSON");
+    assert_eq!(report["lost_total"].as_u64(), Some(0), "{report}");
+    assert!(report["acked_total"].as_u64().unwrap_or(0) > 0, "{report}");
+    let rounds = report["rounds"].as_array().expect("rounds");
+    assert_eq!(rounds.len(), 2, "{report}");
+    for r in rounds {
+        assert_ne!(r["old_leader"], r["new_leader"], "{r}");
+        assert!(r["new_leader_ms"].is_u64(), "{r}");
+        assert!(r["first_write_ms"].is_u64(), "{r}");
+        assert!(r["first_dispatch_ms"].is_u64(), "{r}");
+        assert_eq!(r["lost"].as_u64(), Some(0), "{r}");
+    }
+    eprintln!("{stderr}");
+    eprintln!("drill summary: {}", report["summary"]);
     eprintln!("{NAME}: passed in {:?}", started.elapsed());
 }

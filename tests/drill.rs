@@ -481,12 +481,17 @@ fn pid_of(dir: &std::path::Path, id: u64) -> String {
         .to_string()
 }
 
+/// Rolling restart under load: a worker, a 1-second cron and a stream of runs go on
+/// while the script restarts all three servers. Afterwards every instance succeeded,
+/// every acknowledged run exists, and every second of the cron ran exactly once.
 #[tokio::test]
 async fn rolling_restart_script_restarts_every_node_leader_last() {
     let c = TestCluster::new(3, FAST_WORKERS);
     let (dir, _nodes) = start_script_nodes(&c).await;
     let leader = c.wait_ready(&[1, 2, 3], READY).await;
-    c.client().create_app("roll").await.unwrap();
+    let token = app_token(&c, "roll").await;
+    let _w = TestWorker::start(&c, "roll", &token, "http", "roll-w1", &[]);
+    wait_workers_live(&c, "roll", 1).await;
     let job = c
         .client()
         .create_job(&api_job(
@@ -498,12 +503,45 @@ async fn rolling_restart_script_restarts_every_node_leader_last() {
         .unwrap()["id"]
         .as_u64()
         .unwrap();
+    let cron = c
+        .client()
+        .create_job(&json!({"app": "roll", "name": "every-second",
+            "schedule": {"type": "cron", "expr": "* * * * * *"},
+            "processor": {"type": "shell", "command": "true"}}))
+        .await
+        .unwrap()["id"]
+        .as_u64()
+        .unwrap();
+    // Runs submitted through the restarts, each with its own idempotency key so a
+    // retried request cannot make a second instance.
+    let stop_runs = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let runs = {
+        let (client, stop) = (c.client(), stop_runs.clone());
+        tokio::spawn(async move {
+            let mut acked = Vec::new();
+            let mut k = 0;
+            while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                k += 1;
+                let key = format!("roll-run-{k}");
+                if let Ok(v) = client
+                    .post_idempotent(&format!("/api/v1/jobs/{job}/run"), &json!({}), &key)
+                    .await
+                {
+                    acked.push(v["instance_id"].as_u64().unwrap());
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+            acked
+        })
+    };
     let before: Vec<String> = (1..=3).map(|id| pid_of(&dir, id)).collect();
 
     let script = concat!(env!("CARGO_MANIFEST_DIR"), "/cluster/rolling-restart.sh");
     let stop = format!("sh {}/stop-{{node_id}}.sh", dir.display());
     let start = format!("sh {}/start-{{node_id}}.sh", dir.display());
     let servers = servers(&c);
+    let wall_ms = || chrono::Utc::now().timestamp_millis();
+    let restart_from = wall_ms();
     let out = tokio::task::spawn_blocking(move || {
         Command::new("bash")
             .arg(script)
@@ -568,4 +606,73 @@ async fn rolling_restart_script_restarts_every_node_leader_last() {
             .unwrap();
         assert_eq!(v["id"].as_u64(), Some(job));
     }
+
+    // No failed job, no lost instance.
+    // The cron keeps firing past the end of the restarts before it is disabled.
+    let restart_to = wall_ms();
+    let client = c.client();
+    eventually(
+        Duration::from_secs(30),
+        "the cron to fire after the restarts",
+        || {
+            let client = client.clone();
+            async move {
+                let v = client.get(&format!("/api/v1/jobs/{cron}")).await.ok()?;
+                (v["last_fire_time_ms"].as_i64()? >= restart_to + 1000).then_some(())
+            }
+        },
+    )
+    .await;
+    stop_runs.store(true, std::sync::atomic::Ordering::Relaxed);
+    let acked = runs.await.unwrap();
+    assert!(acked.len() >= 10, "runs kept being accepted: {acked:?}");
+    c.client()
+        .post(&format!("/api/v1/jobs/{cron}/disable"), &json!({}))
+        .await
+        .unwrap();
+    for id in &acked {
+        let v = wait_terminal(&c, *id, Duration::from_secs(60)).await;
+        assert_eq!(v["status"], "succeeded", "run instance {id}: {v}");
+    }
+    let fired = c
+        .client()
+        .get(&format!("/api/v1/instances?job_id={cron}&limit=1000"))
+        .await
+        .unwrap()["instances"]
+        .as_array()
+        .unwrap()
+        .clone();
+    let mut times: Vec<i64> = Vec::new();
+    for i in &fired {
+        let v = wait_terminal(&c, i["id"].as_u64().unwrap(), Duration::from_secs(60)).await;
+        assert_eq!(v["status"], "succeeded", "cron instance: {v}");
+        times.push(v["fire_time_ms"].as_i64().unwrap());
+    }
+    times.sort_unstable();
+    let view = c
+        .client()
+        .get(&format!("/api/v1/jobs/{cron}"))
+        .await
+        .unwrap();
+    assert!(
+        times.first().is_some_and(|&t| t <= restart_from + 1000),
+        "the cron fired from before the restarts ({restart_from}): {times:?}\n{view}\n{}",
+        c.dump_logs()
+    );
+    let gaps: Vec<(i64, i64)> = times
+        .windows(2)
+        .filter(|w| w[1] - w[0] != 1000)
+        .map(|w| (w[0], w[1]))
+        .collect();
+    assert!(gaps.is_empty(), "seconds missed or run twice: {gaps:?}");
+    let skipped = c
+        .client()
+        .get(&format!("/api/v1/jobs/{cron}/skipped"))
+        .await
+        .unwrap();
+    assert_eq!(
+        skipped["skipped"].as_array().map(Vec::len),
+        Some(0),
+        "{skipped}"
+    );
 }

@@ -79,6 +79,11 @@ pub struct Round {
     pub new_leader: Option<u64>,
     /// The transfer's target, in transfer mode.
     pub target: Option<u64>,
+    /// Kill and docker modes: how long the kill command itself took. The other
+    /// figures count from the leader's death: in kill mode when the command returned,
+    /// in docker mode the container's `State.FinishedAt` (under load `docker kill`
+    /// itself returned up to 3 s after the container had died, which is not failover).
+    pub kill_cmd_ms: Option<u64>,
     pub new_leader_ms: Option<u64>,
     pub first_write_ms: Option<u64>,
     /// `None` when no worker of the app was live before the round.
@@ -214,6 +219,21 @@ async fn shell(cmd: String) -> Result<(), String> {
             String::from_utf8_lossy(&out.stderr).trim()
         ))
     }
+}
+
+/// When Docker says the container died (`State.FinishedAt`). `docker kill` returns
+/// long after that under load (seconds, measured), so the drill counts from this.
+async fn docker_died_at(container: &str) -> Option<chrono::DateTime<chrono::Utc>> {
+    let out = tokio::process::Command::new("docker")
+        .args(["inspect", "--format", "{{.State.FinishedAt}}", container])
+        .stdin(std::process::Stdio::null())
+        .output()
+        .await
+        .ok()?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    chrono::DateTime::parse_from_rfc3339(text.trim())
+        .ok()
+        .map(|t| t.with_timezone(&chrono::Utc))
 }
 
 fn ms(d: Duration) -> u64 {
@@ -374,6 +394,10 @@ pub async fn drill(cmd: DrillCmd) -> Result<Report, CliError> {
     );
     if d.cmd.mode != Mode::Transfer {
         summary.insert(
+            "kill_cmd_ms".into(),
+            summarize(rounds.iter().map(|r| r.kill_cmd_ms)),
+        );
+        summary.insert(
             "catch_up_ms".into(),
             summarize(rounds.iter().map(|r| r.catch_up_ms)),
         );
@@ -438,6 +462,9 @@ pub fn progress_line(r: &Round, total: u32) -> String {
         fmt_ms(r.first_write_ms),
         fmt_ms(r.first_dispatch_ms),
     );
+    if let Some(k) = r.kill_cmd_ms {
+        s.push_str(&format!(" (after the kill command's {k} ms)"));
+    }
     if let Some(c) = r.catch_up_ms {
         s.push_str(&format!(", caught up {c} ms"));
     }
@@ -531,15 +558,29 @@ impl Drill {
         .ok()
     }
 
+    /// Every member's own view of the cluster, asked at once (`None` where a member
+    /// does not answer).
+    async fn views(&self) -> Vec<Option<Value>> {
+        futures::future::join_all(self.members.iter().map(|m| self.view(m))).await
+    }
+
+    /// The leader among `views`: of the members that call themselves the leader, the
+    /// one with the highest term. A restarted ex-leader briefly claims the leadership
+    /// of its old term until it hears of the newer one, so the first claimant is not
+    /// enough.
+    fn leader_of(views: &[Option<Value>]) -> Option<&Value> {
+        views
+            .iter()
+            .flatten()
+            .filter(|v| v["leader_id"].is_u64() && v["leader_id"] == v["node_id"])
+            .max_by_key(|v| v["term"].as_u64().unwrap_or(0))
+    }
+
     /// The leader's own view of the cluster, polled until there is one.
     async fn leader_view(&self, deadline: Instant) -> Result<Value, CliError> {
         loop {
-            for m in &self.members {
-                if let Some(v) = self.view(m).await {
-                    if v["leader_id"].is_u64() && v["leader_id"] == v["node_id"] {
-                        return Ok(v);
-                    }
-                }
+            if let Some(v) = Self::leader_of(&self.views().await) {
+                return Ok(v.clone());
             }
             if Instant::now() >= deadline {
                 return Err(CliError::NoLeader(
@@ -617,29 +658,55 @@ impl Drill {
         // The disruption.
         let mut errors = Vec::new();
         let transfer_failed = Arc::new(AtomicBool::new(false));
+        // Set when the kill command returned, or when a new leader is seen: the
+        // first write and the first dispatch are timed from then on, so a write the
+        // old leader commits before it dies is not taken for the new leader's.
+        let kill_done = Arc::new(AtomicBool::new(self.cmd.mode == Mode::Transfer));
         let t0 = Instant::now();
         let container = self
             .cmd
             .container_template
             .replace("{node_id}", &old.to_string());
+        // Kill and docker modes: the kill command runs beside the observers below, so
+        // they see the new leader as it comes, even while the command has not returned
+        // (under load `docker kill` returned up to 3 s after the container had died).
+        // It answers when the leader died, as far as can be known.
+        let kill = match self.cmd.mode {
+            Mode::Kill | Mode::Docker => {
+                let (cmd, docker) = if self.cmd.mode == Mode::Kill {
+                    let cmd = fill(
+                        self.cmd.kill_cmd.as_deref().unwrap_or(""),
+                        &leader,
+                        &container,
+                    );
+                    (cmd, None)
+                } else {
+                    (format!("docker kill {container}"), Some(container.clone()))
+                };
+                let done = kill_done.clone();
+                Some(tokio::spawn(async move {
+                    let r = shell(cmd).await;
+                    let (now, wall) = (Instant::now(), chrono::Utc::now());
+                    done.store(true, Ordering::Relaxed);
+                    let died = match docker {
+                        // Docker's record of the container's exit.
+                        Some(c) => match docker_died_at(&c).await {
+                            Some(died) => {
+                                let ago = (wall - died).to_std().unwrap_or_default();
+                                now.checked_sub(ago).unwrap_or(now).max(t0)
+                            }
+                            None => now,
+                        },
+                        // kill -9 has taken effect when the command returns.
+                        None => now,
+                    };
+                    (r, ms(now - t0), died)
+                }))
+            }
+            Mode::Transfer => None,
+        };
         let transfer = match self.cmd.mode {
-            Mode::Kill => {
-                let cmd = fill(
-                    self.cmd.kill_cmd.as_deref().unwrap_or(""),
-                    &leader,
-                    &container,
-                );
-                if let Err(e) = shell(cmd).await {
-                    errors.push(e);
-                }
-                None
-            }
-            Mode::Docker => {
-                if let Err(e) = shell(format!("docker kill {container}")).await {
-                    errors.push(e);
-                }
-                None
-            }
+            Mode::Kill | Mode::Docker => None,
             Mode::Transfer => {
                 let c = client(&self.rotated(0, None), &self.token, Duration::from_secs(30));
                 let body = json!({"to": target});
@@ -666,7 +733,8 @@ impl Drill {
                 for v in views.into_iter().flatten() {
                     if let Some(l) = v["leader_id"].as_u64() {
                         if l != old && v["term"].as_u64().unwrap_or(0) > old_term {
-                            return Some((l, ms(t0.elapsed())));
+                            kill_done.store(true, Ordering::Relaxed);
+                            return Some((l, Instant::now()));
                         }
                     }
                 }
@@ -678,7 +746,13 @@ impl Drill {
             }
         };
         let others_api = self.rotated(0, Some(old));
+        let disrupted = || async {
+            while !kill_done.load(Ordering::Relaxed) && Instant::now() < deadline {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+            }
+        };
         let first_write = async {
+            disrupted().await;
             let c = client(&others_api, &self.token, Duration::from_secs(12));
             let mut k = 0;
             loop {
@@ -693,7 +767,7 @@ impl Drill {
                     )
                     .await;
                 if let Ok(v) = r {
-                    return (Some(ms(t0.elapsed())), v["id"].as_u64());
+                    return (Some(Instant::now()), v["id"].as_u64());
                 }
                 if Instant::now() >= deadline {
                     return (None, None);
@@ -705,6 +779,7 @@ impl Drill {
             if !workers_live {
                 return (None, Vec::new());
             }
+            disrupted().await;
             let c = client(&others_api, &self.token, Duration::from_secs(12));
             let path = format!("/api/v1/jobs/{}/run", self.probe_job);
             let mut attempt = 0;
@@ -738,7 +813,7 @@ impl Drill {
                         .await
                     {
                         if v["dispatched_at_ms"].is_i64() || v["dispatched_at_ms"].is_u64() {
-                            return (Some(ms(t0.elapsed())), submitted);
+                            return (Some(Instant::now()), submitted);
                         }
                         // Failed without a dispatch (say every worker was busy): again.
                         if ["failed", "canceled", "stopped"]
@@ -756,6 +831,25 @@ impl Drill {
         };
         let (nl, (fw, fw_job), (fd, fd_instance)) =
             tokio::join!(new_leader, first_write, first_dispatch);
+        // Every figure counts from the leader's death (or the transfer request).
+        let mut died = t0;
+        let mut kill_cmd_ms = None;
+        if let Some(k) = kill {
+            match k.await {
+                Ok((r, took, at)) => {
+                    if let Err(e) = r {
+                        errors.push(e);
+                    }
+                    kill_cmd_ms = Some(took);
+                    died = at;
+                }
+                Err(e) => errors.push(format!("the kill task failed: {e}")),
+            }
+        }
+        let since = |at: Instant| ms(at.saturating_duration_since(died));
+        let nl = nl.map(|(l, at)| (l, since(at)));
+        let fw = fw.map(since);
+        let fd = fd.map(since);
         if nl.is_none() {
             errors.push(format!("no new leader within {} s", timeout.as_secs()));
         }
@@ -842,6 +936,7 @@ impl Drill {
             old_leader: old,
             new_leader: nl.map(|(l, _)| l),
             target,
+            kill_cmd_ms,
             new_leader_ms: nl.map(|(_, t)| t),
             first_write_ms: fw,
             first_dispatch_ms: fd,
@@ -861,23 +956,28 @@ impl Drill {
         Ok((round, jobs, instances))
     }
 
-    /// Waits until `m` answers and the leader sees it holding every entry.
+    /// Waits until `m` answers, follows the current leader (same term), and the
+    /// leader sees it holding every entry.
     async fn wait_caught_up(&self, m: &Member, deadline: Instant) -> Result<(), String> {
         loop {
-            if let Some(own) = self.view(m).await {
-                if own["leader_id"].is_u64() {
-                    if let Ok(lv) = self.leader_view(Instant::now()).await {
-                        let last = lv["last_log_index"].as_u64();
-                        let matched = lv["members"]
-                            .as_array()
-                            .into_iter()
-                            .flatten()
-                            .find(|x| x["id"].as_u64() == Some(m.id))
-                            .and_then(|x| x["matched_index"].as_u64());
-                        if last.is_some() && matched == last {
-                            return Ok(());
-                        }
-                    }
+            let views = self.views().await;
+            let own = self
+                .members
+                .iter()
+                .zip(&views)
+                .find(|(x, _)| x.id == m.id)
+                .and_then(|(_, v)| v.as_ref());
+            if let (Some(lv), Some(own)) = (Self::leader_of(&views), own) {
+                let last = lv["last_log_index"].as_u64();
+                let matched = lv["members"]
+                    .as_array()
+                    .into_iter()
+                    .flatten()
+                    .find(|x| x["id"].as_u64() == Some(m.id))
+                    .and_then(|x| x["matched_index"].as_u64());
+                let follows = own["term"] == lv["term"] && own["leader_id"] == lv["node_id"];
+                if follows && last.is_some() && matched == last {
+                    return Ok(());
                 }
             }
             if Instant::now() >= deadline {

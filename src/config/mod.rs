@@ -140,6 +140,25 @@ impl Default for SchedulerTuning {
     }
 }
 
+/// Test-only settings (`[testing]`); every one is off by default and the server logs a
+/// loud warning when one is on.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TestingConfig {
+    /// Serve `POST /api/v1/debug/clock`, which shifts this node's wall clock (fault
+    /// injection for jepsen-lite; never in production).
+    pub clock_control: bool,
+}
+
+/// The `/metrics` endpoint (`[metrics]`).
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// When true, `/metrics` needs `Authorization: Bearer <admin_token>` like the API;
+    /// off by default so a Prometheus on a trusted network scrapes without a secret.
+    pub require_token: bool,
+}
+
 /// An app the leader creates at bootstrap, with a worker token chosen by the operator
 /// (`[[bootstrap_apps]]`, `--bootstrap-app NAME:TOKEN`, `RAFTJOB_BOOTSTRAP_APPS`).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -179,9 +198,17 @@ pub struct FileConfig {
     pub workers: Option<WorkerTuning>,
     #[serde(default)]
     pub scheduler: Option<SchedulerTuning>,
+    #[serde(default)]
+    pub metrics: Option<MetricsConfig>,
     /// Apps created once the cluster id is recorded, if they do not exist yet.
     #[serde(default)]
     pub bootstrap_apps: Vec<BootstrapApp>,
+    /// Addresses this node dials for other nodes' cluster ports, by node id, in place
+    /// of the address in the membership (sidecars, NAT, test proxies).
+    #[serde(default)]
+    pub peer_dial: BTreeMap<String, String>,
+    #[serde(default)]
+    pub testing: Option<TestingConfig>,
 }
 
 /// `raftjob server` flags; each also reads a `RAFTJOB_*` environment variable.
@@ -274,6 +301,16 @@ pub struct ServerArgs {
     /// How often the leader prunes history.
     #[arg(long, env = "RAFTJOB_SCHEDULER_PRUNE_INTERVAL_MS")]
     pub prune_interval_ms: Option<u64>,
+    /// Require the admin token on /metrics: true or false (alone, the flag means true).
+    #[arg(
+        long,
+        env = "RAFTJOB_METRICS_REQUIRE_TOKEN",
+        value_name = "BOOL",
+        num_args = 0..=1,
+        default_missing_value = "true",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub metrics_require_token: Option<bool>,
     /// An app to create at bootstrap as NAME:WORKER_TOKEN (token at least 16
     /// characters); repeat or separate with commas. Replaces the file's bootstrap_apps.
     #[arg(
@@ -284,6 +321,22 @@ pub struct ServerArgs {
         value_name = "NAME:TOKEN"
     )]
     pub bootstrap_apps: Vec<String>,
+    /// Dial node ID at ADDR instead of its cluster address in the membership, as
+    /// ID=HOST:PORT; repeat or separate with commas. Replaces the file's [peer_dial].
+    #[arg(
+        long = "peer-dial",
+        env = "RAFTJOB_PEER_DIAL",
+        value_delimiter = ',',
+        value_name = "ID=ADDR"
+    )]
+    pub peer_dial: Vec<String>,
+    /// TEST ONLY: serve POST /api/v1/debug/clock, which shifts this node's wall clock.
+    #[arg(
+        long,
+        env = "RAFTJOB_TEST_CLOCK_CONTROL",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub test_clock_control: bool,
 }
 
 /// The validated configuration a server runs with.
@@ -306,8 +359,13 @@ pub struct ServerConfig {
     pub raft: RaftTuning,
     pub workers: WorkerTuning,
     pub scheduler: SchedulerTuning,
+    pub metrics: MetricsConfig,
     /// Apps the leader creates (once) after the cluster id is recorded.
     pub bootstrap_apps: Vec<BootstrapApp>,
+    /// Dial overrides for peers' cluster ports, by node id (the membership is unchanged).
+    pub peer_dial: BTreeMap<u64, String>,
+    /// Test-only settings.
+    pub testing: TestingConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -621,7 +679,15 @@ impl ServerConfig {
             advertise_transport.insert(name, addr);
         }
 
+        let mut metrics = file.metrics.unwrap_or_default();
+        if let Some(v) = args.metrics_require_token {
+            metrics.require_token = v;
+        }
+
         let bootstrap_apps = resolve_bootstrap_apps(file.bootstrap_apps, &args.bootstrap_apps)?;
+        let peer_dial = resolve_peer_dial(file.peer_dial, &args.peer_dial)?;
+        let mut testing = file.testing.unwrap_or_default();
+        testing.clock_control |= args.test_clock_control;
 
         Ok(Self {
             node_id,
@@ -639,9 +705,61 @@ impl ServerConfig {
             raft,
             workers,
             scheduler,
+            metrics,
             bootstrap_apps,
+            peer_dial,
+            testing,
         })
     }
+
+    /// The address to dial for node `id`'s cluster port: its `peer_dial` override, or
+    /// `membership_addr` (from the Raft membership or `initial_members`).
+    pub fn dial_addr(&self, id: u64, membership_addr: &str) -> String {
+        self.peer_dial
+            .get(&id)
+            .cloned()
+            .unwrap_or_else(|| membership_addr.to_string())
+    }
+}
+
+/// Flags or env (`ID=ADDR` items) replace the file's `[peer_dial]`; ids are node ids
+/// and addresses HOST:PORT, each listed once.
+fn resolve_peer_dial(
+    file: BTreeMap<String, String>,
+    args: &[String],
+) -> Result<BTreeMap<u64, String>, ConfigError> {
+    let pairs: Vec<(String, String)> = if args.iter().all(|s| s.trim().is_empty()) {
+        file.into_iter().collect()
+    } else {
+        args.iter()
+            .filter(|s| !s.trim().is_empty())
+            .map(|item| {
+                item.split_once('=')
+                    .map(|(id, a)| (id.trim().to_string(), a.trim().to_string()))
+                    .ok_or_else(|| {
+                        invalid(
+                            "peer_dial",
+                            item,
+                            "write ID=HOST:PORT, for example 2=127.0.0.1:7802",
+                        )
+                    })
+            })
+            .collect::<Result<_, _>>()?
+    };
+    let mut out = BTreeMap::new();
+    for (id, addr) in pairs {
+        let key = format!("peer_dial.{id}");
+        let parsed: u64 = id
+            .parse()
+            .ok()
+            .filter(|n| *n > 0)
+            .ok_or_else(|| invalid(&key, &addr, "node ids are positive integers"))?;
+        validate_host_port(&key, &addr)?;
+        if out.insert(parsed, addr.clone()).is_some() {
+            return Err(invalid(&key, addr, "the node is listed twice"));
+        }
+    }
+    Ok(out)
 }
 
 /// Flags or env (`NAME:TOKEN` items) replace the file's `[[bootstrap_apps]]`; names

@@ -202,3 +202,143 @@ fn bootstrap_app_errors_name_the_key() {
         toml::from_str("[[bootstrap_apps]]\nname = \"x\"\nworker_token = \"y\"\ntoken = \"z\"");
     assert!(r.unwrap_err().to_string().contains("token"));
 }
+
+#[test]
+fn peer_dial_from_file_flags_and_env_form() {
+    let mut file = base();
+    file.peer_dial.insert("2".into(), "127.0.0.1:17802".into());
+    let cfg = ServerConfig::resolve(file.clone(), &ServerArgs::default()).unwrap();
+    assert_eq!(
+        cfg.peer_dial.get(&2).map(String::as_str),
+        Some("127.0.0.1:17802")
+    );
+    assert_eq!(cfg.dial_addr(2, "127.0.0.1:7802"), "127.0.0.1:17802");
+    assert_eq!(
+        cfg.dial_addr(3, "127.0.0.1:7803"),
+        "127.0.0.1:7803",
+        "no override"
+    );
+
+    // Flags (or RAFTJOB_PEER_DIAL, split on commas by clap) replace the file's table.
+    let args = ServerArgs {
+        peer_dial: vec!["3=proxy-3:9000".into(), " 1 = 127.0.0.1:17801 ".into()],
+        ..Default::default()
+    };
+    let cfg = ServerConfig::resolve(file, &args).unwrap();
+    assert_eq!(cfg.peer_dial.len(), 2, "{:?}", cfg.peer_dial);
+    assert_eq!(cfg.peer_dial[&3], "proxy-3:9000");
+    assert_eq!(cfg.peer_dial[&1], "127.0.0.1:17801");
+
+    let toml_form: FileConfig =
+        toml::from_str("node_id = 1\n[peer_dial]\n\"2\" = \"127.0.0.1:7802\"\n").unwrap();
+    assert_eq!(toml_form.peer_dial["2"], "127.0.0.1:7802");
+    assert!(ServerConfig::resolve(base(), &ServerArgs::default())
+        .unwrap()
+        .peer_dial
+        .is_empty());
+}
+
+#[test]
+fn peer_dial_errors_name_the_key() {
+    let with = |items: &[&str]| ServerArgs {
+        peer_dial: items.iter().map(|s| s.to_string()).collect(),
+        ..Default::default()
+    };
+    let e = err(base(), with(&["2"]));
+    assert!(
+        e.contains("`peer_dial`") && e.contains("ID=HOST:PORT"),
+        "{e}"
+    );
+    let e = err(base(), with(&["two=127.0.0.1:7802"]));
+    assert!(
+        e.contains("peer_dial.two") && e.contains("positive integers"),
+        "{e}"
+    );
+    let e = err(base(), with(&["0=127.0.0.1:7802"]));
+    assert!(e.contains("peer_dial.0"), "{e}");
+    let e = err(base(), with(&["2=127.0.0.1"]));
+    assert!(e.contains("peer_dial.2") && e.contains("HOST:PORT"), "{e}");
+    let e = err(base(), with(&["2=127.0.0.1:7802", "02=127.0.0.1:7803"]));
+    assert!(e.contains("listed twice"), "{e}");
+    let mut file = base();
+    file.peer_dial.insert("3".into(), "http://x:1".into());
+    let e = err(file, ServerArgs::default());
+    assert!(e.contains("peer_dial.3"), "{e}");
+}
+
+#[test]
+fn clock_control_is_off_by_default_and_set_by_file_or_flag() {
+    let cfg = ServerConfig::resolve(base(), &ServerArgs::default()).unwrap();
+    assert!(!cfg.testing.clock_control);
+    let args = ServerArgs {
+        test_clock_control: true,
+        ..Default::default()
+    };
+    assert!(
+        ServerConfig::resolve(base(), &args)
+            .unwrap()
+            .testing
+            .clock_control
+    );
+    let mut file = base();
+    file.testing = toml::from_str::<FileConfig>("[testing]\nclock_control = true\n")
+        .unwrap()
+        .testing;
+    assert!(
+        ServerConfig::resolve(file, &ServerArgs::default())
+            .unwrap()
+            .testing
+            .clock_control
+    );
+    let r: Result<FileConfig, _> = toml::from_str("[testing]\nclock_controll = true\n");
+    assert!(r.unwrap_err().to_string().contains("clock_controll"));
+}
+
+#[test]
+fn metrics_require_token_defaults_off_and_flags_override_the_file() {
+    let cfg = ServerConfig::resolve(base(), &ServerArgs::default()).unwrap();
+    assert!(!cfg.metrics.require_token);
+    let mut f = base();
+    f.metrics = Some(toml::from_str("require_token = true").unwrap());
+    let cfg = ServerConfig::resolve(f.clone(), &ServerArgs::default()).unwrap();
+    assert!(cfg.metrics.require_token);
+    let args = ServerArgs {
+        metrics_require_token: Some(false),
+        ..Default::default()
+    };
+    let cfg = ServerConfig::resolve(f, &args).unwrap();
+    assert!(!cfg.metrics.require_token);
+    let e = toml::from_str::<FileConfig>("[metrics]\nrequire_tokn = true")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("require_tokn"), "{e}");
+    let e = toml::from_str::<FileConfig>("[metrics]\nrequire_token = \"yes\"")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("bool"), "{e}");
+}
+
+#[test]
+fn metrics_require_token_flag_parses_booleans() {
+    use clap::Parser;
+    #[derive(Parser)]
+    struct Cli {
+        #[command(flatten)]
+        args: ServerArgs,
+    }
+    let parse = |argv: &[&str]| {
+        Cli::try_parse_from(std::iter::once("raftjob").chain(argv.iter().copied()))
+            .map(|c| c.args.metrics_require_token)
+    };
+    assert_eq!(parse(&[]).unwrap(), None);
+    assert_eq!(parse(&["--metrics-require-token"]).unwrap(), Some(true));
+    assert_eq!(
+        parse(&["--metrics-require-token=false"]).unwrap(),
+        Some(false)
+    );
+    assert_eq!(
+        parse(&["--metrics-require-token", "yes"]).unwrap(),
+        Some(true)
+    );
+    assert!(parse(&["--metrics-require-token=maybe"]).is_err());
+}

@@ -6,6 +6,7 @@
 //! never make a leader replicate to itself. A peer that cannot be reached is
 //! reported as `Unreachable`, which makes openraft back off instead of flooding.
 
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -72,10 +73,18 @@ impl SnapshotChunk {
 pub struct Network {
     http: reqwest::Client,
     secret: Arc<str>,
+    /// `peer_dial` overrides: node id -> address dialled instead of the membership's.
+    dial: Arc<BTreeMap<NodeId, String>>,
 }
 
 impl Network {
     pub fn new(secret: &str) -> Self {
+        Self::with_peer_dial(secret, BTreeMap::new())
+    }
+
+    /// A network that dials the nodes in `dial` at those addresses instead of the
+    /// cluster addresses in the membership (which stays as it is).
+    pub fn with_peer_dial(secret: &str, dial: BTreeMap<NodeId, String>) -> Self {
         let http = reqwest::Client::builder()
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(30))
@@ -85,6 +94,7 @@ impl Network {
         Self {
             http,
             secret: secret.into(),
+            dial: Arc::new(dial),
         }
     }
 }
@@ -97,7 +107,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
             http: self.http.clone(),
             secret: self.secret.clone(),
             target,
-            addr: node.addr.clone(),
+            addr: self.dial.get(&target).unwrap_or(&node.addr).clone(),
         }
     }
 }

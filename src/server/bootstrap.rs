@@ -60,7 +60,7 @@ async fn form_cluster(node: &Node) -> Result<(), openraft::error::Fatal<u64>> {
         let mut reachable: BTreeSet<u64> = BTreeSet::from([node.id]);
         let mut existing = None;
         for (&id, addr) in members.iter().filter(|(id, _)| **id != node.id) {
-            if let Some(p) = probe(node, addr).await {
+            if let Some(p) = probe(node, &node.config.dial_addr(id, addr)).await {
                 if p.node_id != id {
                     tracing::error!(expected = id, actual = p.node_id, %addr, "initial_members lists the wrong address for a node.");
                     continue;

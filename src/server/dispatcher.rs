@@ -355,6 +355,7 @@ pub(crate) fn send_committed(node: &Arc<Node>, instance_id: InstanceId, attempts
             // Deregistered between choice and commit: it was never sent.
             None => {
                 let node = node.clone();
+                super::metrics::dispatch_refused(super::metrics::REFUSED_DEREGISTERED);
                 tokio::spawn(async move {
                     let worker = a.worker.clone();
                     refuse_dispatch(
@@ -451,6 +452,9 @@ async fn act(node: &Arc<Node>, action: Action) {
             reason,
         } => {
             tracing::warn!(instance_id, %reason, "Failing an instance that cannot be dispatched.");
+            if reason.starts_with("no worker available") {
+                super::metrics::no_worker_failure();
+            }
             let _ = node
                 .propose(
                     Command::FailInstance {
@@ -467,6 +471,7 @@ async fn act(node: &Arc<Node>, action: Action) {
             reason,
         } => {
             tracing::warn!(instance_id, attempt, %reason, "Declaring an attempt lost.");
+            super::metrics::attempt_lost();
             let _ = node
                 .propose(
                     Command::AttemptLost {
@@ -519,6 +524,10 @@ fn dispatch_message(node: &Node, instance_id: InstanceId, attempt: &Attempt) -> 
     let state = &guard.state;
     let inst = state.instances.get(&instance_id)?;
     let job = state.jobs.get(&inst.job_id)?;
+    if let Some(fire_time) = inst.fire_time_ms.filter(|_| attempt.number == 1) {
+        let now = super::now_ms();
+        super::metrics::record_lateness(super::metrics::STAGE_DISPATCHED, fire_time, now);
+    }
     Some(Dispatch {
         cluster_id: state.meta.cluster_id.clone()?,
         term: attempt.fencing_token.term,
@@ -547,23 +556,34 @@ async fn send_dispatch(
         return;
     };
     node.workers.renew_attempt(key);
+    if crate::planted::active(crate::planted::Bug::DuplicateDispatch) {
+        tokio::spawn(planted_duplicate(node.clone(), worker.clone(), msg.clone()));
+    }
     // Definitely not delivered: the instance waits again, without using up a retry.
-    let refused = |reason: String| {
+    let refused = |kind: &'static str, reason: String| {
+        super::metrics::dispatch_refused(kind);
         let node = node.clone();
         let worker_id = worker.id.clone();
         async move { refuse_dispatch(&node, &worker_id, key, reason).await }
     };
+    use super::metrics::{REFUSED_BY_WORKER, REFUSED_NO_ADDRESS, REFUSED_NO_WEBSOCKET};
     if worker.protocol == "ws" {
         match node.workers.ws_sender(&worker.id) {
-            Some(tx) if tx.send(ServerMsg::Dispatch(msg)).is_ok() => {}
-            _ => refused("no open WebSocket to this leader".into()).await,
+            Some(tx) if tx.send(ServerMsg::Dispatch(msg)).is_ok() => {
+                super::metrics::dispatch_sent(&worker.protocol)
+            }
+            _ => {
+                let reason = "no open WebSocket to this leader".into();
+                refused(REFUSED_NO_WEBSOCKET, reason).await
+            }
         }
         return;
     }
     let Some(addr) = worker.address.clone() else {
-        refused("no address registered".into()).await;
+        refused(REFUSED_NO_ADDRESS, "no address registered".into()).await;
         return;
     };
+    super::metrics::dispatch_sent(&worker.protocol);
     let credential = worker_credential(&node.config.cluster_secret, &msg.cluster_id, &worker.id);
     let result = node
         .worker_http
@@ -583,17 +603,57 @@ async fn send_dispatch(
     match result {
         Ok(resp) => match resp.json::<DispatchAck>().await {
             Ok(ack) if ack.accepted => node.workers.dispatch_accepted(key),
-            Ok(ack) => refused(ack.reason.unwrap_or_else(|| "no reason given".into())).await,
+            Ok(ack) => {
+                let reason = ack.reason.unwrap_or_else(|| "no reason given".into());
+                refused(REFUSED_BY_WORKER, reason).await
+            }
             // The worker may or may not hold it: its lease decides.
             Err(e) => {
                 tracing::warn!(instance_id, error = %e, "Unreadable dispatch answer; the lease decides.")
             }
         },
-        Err(e) if e.is_connect() => refused(format!("unreachable at {addr}: {e}")).await,
+        Err(e) if e.is_connect() => {
+            let reason = format!("unreachable at {addr}: {e}");
+            refused(super::metrics::REFUSED_UNREACHABLE, reason).await
+        }
         Err(e) => {
             tracing::warn!(instance_id, error = %e, "Dispatch answer lost; the lease decides.")
         }
     }
+}
+
+/// PLANTED BUG `duplicate-dispatch` (only in `planted-bugs` builds): sends the same
+/// dispatch to another worker of the app as well, ignoring its answer.
+async fn planted_duplicate(node: Arc<Node>, primary: WorkerReg, msg: Dispatch) {
+    let other = {
+        let guard = node.state.read().expect("state lock");
+        guard
+            .state
+            .workers
+            .values()
+            .find(|w| w.app_id == primary.app_id && w.id != primary.id)
+            .cloned()
+    };
+    let Some(other) = other else { return };
+    tracing::warn!(instance_id = msg.attempt.instance_id, worker = %other.id, "PLANTED BUG duplicate-dispatch: sending the dispatch to a second worker.");
+    if other.protocol == "ws" {
+        if let Some(tx) = node.workers.ws_sender(&other.id) {
+            let _ = tx.send(ServerMsg::Dispatch(msg));
+        }
+        return;
+    }
+    let Some(addr) = other.address.clone() else {
+        return;
+    };
+    let credential = worker_credential(&node.config.cluster_secret, &msg.cluster_id, &other.id);
+    let _ = node
+        .worker_http
+        .post(format!("http://{addr}{PATH_WORKER_DISPATCH}"))
+        .header(CREDENTIAL_HEADER, credential)
+        .timeout(Duration::from_secs(2))
+        .json(&msg)
+        .send()
+        .await;
 }
 
 async fn send_stop(node: Arc<Node>, worker: WorkerReg, attempt: AttemptRef) {

@@ -12,6 +12,7 @@ pub mod api;
 pub mod bootstrap;
 pub mod cluster;
 pub mod dispatcher;
+pub mod metrics;
 pub mod propose;
 pub mod read_index;
 pub mod scheduler;
@@ -21,6 +22,7 @@ pub mod write_batch;
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -145,7 +147,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let raft = Raft::new(
         config.node_id,
         raft_cfg,
-        Network::new(&config.cluster_secret),
+        Network::with_peer_dial(&config.cluster_secret, config.peer_dial.clone()),
         log_store,
         sm,
     )
@@ -199,23 +201,32 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         fatal: std::sync::Mutex::new(None),
     });
     log_port_table(&node);
+    if node.config.testing.clock_control {
+        tracing::warn!("TEST SETTING ON: [testing] clock_control lets any admin-token holder shift this node's clock (POST /api/v1/debug/clock). Never use it in production.");
+    }
+    if let Some(bug) = crate::planted::current() {
+        tracing::warn!(bug = bug.name(), "PLANTED BUG ACTIVE: this server misbehaves on purpose (jepsen-lite checker test). Never use it in production.");
+    }
 
+    metrics::install();
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve(
         api_listener,
-        // The leadership-transfer route lives with the cluster code (it drives Raft).
-        api::router(node.clone()).merge(cluster::api_router(node.clone())),
+        metrics::track_http(api::router(node.clone()), "api"),
         node.shutdown.clone(),
     ));
     tasks.spawn(serve(
         cluster_listener,
-        cluster::router(node.clone()),
+        metrics::track_http(cluster::router(node.clone()), "cluster"),
         node.shutdown.clone(),
     ));
     for (proto, listener) in transport_listeners {
         tasks.spawn(serve(
             listener,
-            transport::router(node.clone(), &proto),
+            metrics::track_http(
+                transport::router(node.clone(), &proto),
+                metrics::transport_listener(&proto),
+            ),
             node.shutdown.clone(),
         ));
     }
@@ -223,6 +234,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     tasks.spawn(write_batch::run(node.clone()));
     tasks.spawn(bootstrap::run(node.clone()));
     tasks.spawn(watch_fatal(node.clone()));
+    tasks.spawn(metrics::watch(node.clone()));
     tasks.spawn(dispatcher::run(node.clone()));
     tasks.spawn(scheduler::run(node.clone()));
     Ok(RunningServer { node, tasks })
@@ -328,6 +340,22 @@ impl Node {
 }
 
 /// Wall-clock milliseconds; only ever put into proposals, never read by apply.
+/// Includes the test-only clock offset ([`set_clock_offset_ms`]), so every wall-clock
+/// reading of the server (proposal stamps, the scheduler, the dispatcher) moves with it.
 pub fn now_ms() -> i64 {
-    chrono::Utc::now().timestamp_millis()
+    chrono::Utc::now().timestamp_millis() + CLOCK_OFFSET_MS.load(Ordering::Relaxed)
+}
+
+/// The test-only shift of this server's wall clock. Process-wide: a server process is
+/// one node. Only `POST /api/v1/debug/clock` sets it, and only with `[testing]
+/// clock_control`; monotonic timers (tokio `Instant`s, leases) are not shifted.
+static CLOCK_OFFSET_MS: AtomicI64 = AtomicI64::new(0);
+
+/// Sets the clock offset (absolute, not cumulative).
+pub fn set_clock_offset_ms(offset: i64) {
+    CLOCK_OFFSET_MS.store(offset, Ordering::Relaxed);
+}
+
+pub fn clock_offset_ms() -> i64 {
+    CLOCK_OFFSET_MS.load(Ordering::Relaxed)
 }

@@ -133,10 +133,13 @@ impl Node {
         }
     }
 
-    /// The cluster address of `id` from the current membership.
+    /// The address to dial for `id`'s cluster port: its `peer_dial` override, else
+    /// its cluster address in the current membership.
     pub fn peer_addr(&self, id: NodeId) -> Option<String> {
         let m = self.raft.metrics().borrow().membership_config.clone();
-        m.membership().get_node(&id).map(|n| n.addr.clone())
+        m.membership()
+            .get_node(&id)
+            .map(|n| self.config.dial_addr(id, &n.addr))
     }
 
     async fn forward_write(&self, leader: NodeId, proposal: &Proposal) -> Try {

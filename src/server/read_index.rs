@@ -66,6 +66,7 @@ pub async fn run(node: Arc<Node>) {
         }
         let confirmed = tokio::time::timeout(READ_DEADLINE, node.raft.ensure_linearizable()).await;
         let Ok(confirmed) = confirmed else {
+            super::metrics::read_index_round("timeout", waiters.len());
             for w in waiters {
                 let _ = w.send(ForwardReply::Unknown {
                     message: "read index round timed out".into(),
@@ -73,6 +74,13 @@ pub async fn run(node: Arc<Node>) {
             }
             continue;
         };
+        let result = match &confirmed {
+            Ok(_) => "ok",
+            Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(_))) => "not_leader",
+            Err(RaftError::APIError(CheckIsLeaderError::QuorumNotEnough(_))) => "no_quorum",
+            Err(RaftError::Fatal(_)) => "error",
+        };
+        super::metrics::read_index_round(result, waiters.len());
         let reply = match confirmed {
             Ok(log_id) => ForwardReply::Ok(log_id),
             Err(RaftError::APIError(CheckIsLeaderError::ForwardToLeader(f))) => {

@@ -387,9 +387,14 @@ pub async fn run(node: Arc<Node>) {
             // re-planned on the next pass instead of being lost between the two locks.
             node.state.write().expect("state lock").dirty_jobs.clear();
             let guard = node.state.read().expect("state lock");
-            let caught = planner.rebuild(&guard.state, now);
+            let caught = if crate::planted::active(crate::planted::Bug::IgnoreFireCursor) {
+                planner.rebuild(&planted_rewound(&guard.state, &tuning), now)
+            } else {
+                planner.rebuild(&guard.state, now)
+            };
             drop(guard);
             built = true;
+            super::metrics::misfires(caught.run + caught.skipped);
             tracing::info!(
                 node_id = node.id,
                 armed = planner.armed.len(),
@@ -418,6 +423,7 @@ pub async fn run(node: Arc<Node>) {
                 let guard = node.state.read().expect("state lock");
                 let caught = planner.refresh(&guard.state, dirty.into_iter().chain(done), now);
                 if caught.jobs > 0 {
+                    super::metrics::misfires(caught.run + caught.skipped);
                     tracing::info!(
                         jobs = caught.jobs,
                         runs = caught.run,
@@ -441,6 +447,7 @@ pub async fn run(node: Arc<Node>) {
                 tokio::spawn(async move { prune(&node, &tuning).await });
             }
         }
+        super::metrics::timers_pending(if built { planner.armed.len() } else { 0 });
         let sleep = match planner.next_due().filter(|_| built) {
             Some(at) => {
                 let wait = (at - clock.now_ms()).clamp(0, 1_000) as u64;
@@ -485,6 +492,7 @@ async fn propose_fire(
 ) {
     let jobs: Vec<JobId> = items.iter().map(|i| i.job_id).collect();
     let count = items.len();
+    let planned_skips = fire_metrics_before(&items);
     match node.propose_as_leader(Command::Fire { items }).await {
         Ok(resp) => {
             if let Outcome::Fired {
@@ -493,6 +501,7 @@ async fn propose_fire(
                 dispatched,
             } = resp.outcome
             {
+                super::metrics::fired(created.len(), &skips_by_kind(&planned_skips, skipped));
                 tracing::debug!(
                     jobs = count,
                     created = created.len(),
@@ -512,6 +521,43 @@ async fn propose_fire(
     }
     // The jobs are re-planned from the state either way; the cursor prevents a refire.
     let _ = done.send(jobs);
+}
+
+/// Records how late each on-time fire is as it is proposed (catch-up runs are counted
+/// as misfires instead) and returns the skips the items plan, by kind.
+fn fire_metrics_before(items: &[FireItem]) -> [(&'static str, usize); 2] {
+    let now = super::now_ms();
+    let mut planned = [("misfire", 0), ("catch_up_limit", 0)];
+    for item in items {
+        match item.skip_kind {
+            None => {
+                for t in &item.run {
+                    super::metrics::record_lateness(super::metrics::STAGE_PROPOSED, *t, now);
+                }
+            }
+            Some(kind) => {
+                let n = item.skip.len() + usize::from(item.skip_through_ms.is_some());
+                let slot = usize::from(kind == SkipKind::CatchUpLimit);
+                planned[slot].1 += n;
+            }
+        }
+    }
+    planned
+}
+
+/// Splits the skips a `Fire` recorded by kind: those the items planned (misfire,
+/// catch-up limit), and the rest, which apply decided (the concurrency policies).
+pub fn skips_by_kind(
+    planned: &[(&'static str, usize); 2],
+    recorded: usize,
+) -> [(&'static str, usize); 3] {
+    let misfire = planned[0].1.min(recorded);
+    let limit = planned[1].1.min(recorded - misfire);
+    [
+        ("misfire", misfire),
+        ("catch_up_limit", limit),
+        ("concurrency", recorded - misfire - limit),
+    ]
 }
 
 /// Proposes retention pruning, repeating while a batch came back full.
@@ -534,6 +580,19 @@ async fn prune(node: &Node, tuning: &SchedulerTuning) {
             Err(_) => return,
         }
     }
+}
+
+/// PLANTED BUG `ignore-fire-cursor` (only in `planted-bugs` builds): a new leader
+/// plans from fire cursors set half a misfire threshold back, so it proposes fire
+/// times already fired; the planted apply accepts them (src/state/apply.rs). Without
+/// this, a correct leader never proposes an old time and the bug would stay hidden.
+fn planted_rewound(state: &State, tuning: &SchedulerTuning) -> State {
+    let back = (tuning.misfire_threshold_ms / 2) as Millis;
+    let mut copy = state.clone();
+    for job in copy.jobs.values_mut() {
+        job.last_fire_time_ms = job.last_fire_time_ms.map(|t| t - back);
+    }
+    copy
 }
 
 #[cfg(test)]

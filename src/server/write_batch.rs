@@ -52,6 +52,7 @@ impl WriteBatcher {
     /// Queues a proposal (its `now_ms` is stamped when its entry is proposed).
     pub async fn write(&self, proposal: Proposal) -> WriteResult {
         let (tx, rx) = oneshot::channel();
+        super::metrics::write_proposal();
         if self.tx.send((proposal, tx)).is_err() {
             return WriteResult::Fatal("the node is shutting down".into());
         }
@@ -95,7 +96,7 @@ async fn write_batch(node: &Node, batch: Vec<Queued>) {
     if batch.len() == 1 {
         let (mut proposal, reply) = batch.into_iter().next().expect("one");
         proposal.now_ms = now_ms;
-        let _ = reply.send(client_write(node, proposal).await);
+        let _ = reply.send(client_write(node, proposal, 1).await);
         return;
     }
     let (proposals, replies): (Vec<Proposal>, Vec<_>) = batch
@@ -111,7 +112,7 @@ async fn write_batch(node: &Node, batch: Vec<Queued>) {
         request: None,
         cmd: Command::Batch { proposals },
     };
-    match client_write(node, outer).await {
+    match client_write(node, outer, replies.len()).await {
         WriteResult::Done(resp) => {
             let Outcome::Batch { responses } = resp.outcome else {
                 let e = format!("a batch was answered with {:?}", resp.outcome);
@@ -132,7 +133,20 @@ async fn write_batch(node: &Node, batch: Vec<Queued>) {
     }
 }
 
-async fn client_write(node: &Node, proposal: Proposal) -> WriteResult {
+/// Proposes one entry carrying `writes` writes, and records it in the metrics.
+async fn client_write(node: &Node, proposal: Proposal, writes: usize) -> WriteResult {
+    let started = std::time::Instant::now();
+    let result = raft_write(node, proposal).await;
+    let label = match &result {
+        WriteResult::Done(_) => "ok",
+        WriteResult::NotLeader(_) => "not_leader",
+        WriteResult::Fatal(_) => "error",
+    };
+    super::metrics::write_entry(label, writes, started.elapsed());
+    result
+}
+
+async fn raft_write(node: &Node, proposal: Proposal) -> WriteResult {
     match node.raft.client_write(proposal).await {
         Ok(resp) => WriteResult::Done(resp.data),
         Err(RaftError::APIError(ClientWriteError::ForwardToLeader(f))) => {

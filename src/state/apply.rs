@@ -760,7 +760,12 @@ fn fire(state: &mut State, items: &[FireItem], pos: FencingToken, now: Millis) -
             continue;
         }
         let cursor = job.last_fire_time_ms;
-        let fresh = |t: &Millis| cursor.is_none_or(|c| *t > c);
+        // PLANTED BUG `ignore-fire-cursor` (only in `planted-bugs` builds): accept times
+        // at or before the cursor. The flag is a process global read here, which breaks
+        // this module's purity on purpose: it exists to prove the checkers catch it.
+        let ignore_cursor = cfg!(feature = "planted-bugs")
+            && crate::planted::active(crate::planted::Bug::IgnoreFireCursor);
+        let fresh = |t: &Millis| ignore_cursor || cursor.is_none_or(|c| *t > c);
         let kind = item.skip_kind.unwrap_or(SkipKind::Misfire);
         let mut skips: Vec<Skip> = item
             .skip

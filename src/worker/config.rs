@@ -47,6 +47,10 @@ pub struct WorkerArgs {
     /// Heartbeat interval; by default the one the server asks for.
     #[arg(long, env = "RAFTJOB_WORKER_HEARTBEAT_MS")]
     pub heartbeat_ms: Option<u64>,
+    /// Append one JSON line per dispatch received and per execution start and end to
+    /// this file (the event record jepsen-lite checks).
+    #[arg(long, env = "RAFTJOB_WORKER_RECORD")]
+    pub record: Option<PathBuf>,
     /// Claim another version at registration (for testing version checks only).
     #[arg(long, hide = true, env = "RAFTJOB_WORKER_VERSION_OVERRIDE")]
     pub version_override: Option<String>,
@@ -66,6 +70,7 @@ struct FileConfig {
     advertise: Option<String>,
     max_concurrency: Option<u32>,
     heartbeat_ms: Option<u64>,
+    record: Option<PathBuf>,
 }
 
 /// A validated worker configuration.
@@ -84,6 +89,8 @@ pub struct WorkerConfig {
     pub heartbeat_ms: Option<u64>,
     /// The version announced at registration.
     pub version: String,
+    /// Where to append the worker event record ([`super::record`]), if anywhere.
+    pub record: Option<PathBuf>,
 }
 
 fn default_name() -> String {
@@ -121,6 +128,7 @@ impl WorkerConfig {
             max_concurrency: 16,
             heartbeat_ms: None,
             version: crate::protocol::PROTOCOL_VERSION.to_string(),
+            record: None,
         }
     }
 
@@ -181,6 +189,7 @@ impl WorkerConfig {
             cfg.max_concurrency = m;
         }
         cfg.heartbeat_ms = args.heartbeat_ms.or(file.heartbeat_ms);
+        cfg.record = args.record.clone().or(file.record);
         if let Some(v) = &args.version_override {
             cfg.version = v.clone();
         }

@@ -23,6 +23,7 @@ mod runtime;
 mod transport;
 
 pub mod processor;
+pub mod record;
 
 pub use config::{WorkerArgs, WorkerConfig};
 pub use runtime::{Worker, WorkerError};

@@ -11,7 +11,9 @@ use super::config::WorkerConfig;
 use super::processor::{
     InstanceLogger, ProcessContext, ProcessError, ProcessOutcome, Processor, Registry,
 };
+use super::record::{Recorder, WorkerEventKind};
 use super::transport::{Link, TransportError};
+use crate::planted::{self, Bug};
 use crate::protocol::{
     AttemptRef, Deregister, Dispatch, DispatchAck, Heartbeat, Register, Registered, Report,
     ServerMsg, StopAttempt, WorkerMsg,
@@ -82,6 +84,8 @@ pub(crate) struct Core {
     fatal: Mutex<Option<WorkerError>>,
     /// Attempts accepted recently, so a second dispatch of one is refused.
     seen: Mutex<Seen>,
+    /// The event record (`--record`), when asked for.
+    recorder: Option<Recorder>,
     pub shutdown: CancellationToken,
 }
 
@@ -137,6 +141,18 @@ impl Worker {
     /// Runs until `shutdown` is cancelled. Fails at once on a configuration the
     /// cluster refuses (protocol not offered, wrong token, incompatible version).
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), WorkerError> {
+        let recorder = match &self.cfg.record {
+            None => None,
+            Some(path) => Some(Recorder::open(path, &self.cfg.name).map_err(|e| {
+                WorkerError::Config(format!("cannot open the record {}: {e}", path.display()))
+            })?),
+        };
+        if let Some(bug) = planted::current() {
+            tracing::warn!(
+                bug = bug.name(),
+                "PLANTED BUG ACTIVE: this worker misbehaves on purpose (jepsen-lite checker test)."
+            );
+        }
         let link = Link::new(&self.cfg);
         let core = Arc::new(Core {
             cfg: self.cfg,
@@ -147,6 +163,7 @@ impl Worker {
             held: Mutex::default(),
             fatal: Mutex::default(),
             seen: Mutex::default(),
+            recorder,
             shutdown: shutdown.clone(),
         });
         core.link.bind(&core);
@@ -391,10 +408,22 @@ impl Core {
         }
     }
 
+    /// Writes one line of the event record, if one is kept.
+    fn record(&self, kind: WorkerEventKind, a: &AttemptRef, detail: Option<String>) {
+        if let Some(r) = &self.recorder {
+            r.record(kind, a.instance_id, a.attempt, a.token, detail);
+        }
+    }
+
     /// Fences and accepts (or refuses) a dispatch, then runs it in the background.
     pub fn accept(self: &Arc<Self>, d: Dispatch) -> DispatchAck {
         let refuse = |reason: String, term_seen: u64| {
             tracing::warn!(instance_id = d.attempt.instance_id, attempt = d.attempt.attempt, term = d.term, %reason, "Refused a dispatch.");
+            self.record(
+                WorkerEventKind::DispatchRefused,
+                &d.attempt,
+                Some(reason.clone()),
+            );
             DispatchAck {
                 accepted: false,
                 reason: Some(reason),
@@ -420,7 +449,8 @@ impl Core {
             );
         }
         let highest = self.highest_term(&d.cluster_id);
-        if d.term < highest || d.attempt.token.term != d.term {
+        let stale = d.term < highest && !planted::active(Bug::SkipTermCheck);
+        if stale || d.attempt.token.term != d.term {
             return refuse(
                 format!("stale term {} (highest seen {highest})", d.term),
                 highest,
@@ -455,6 +485,7 @@ impl Core {
                 },
             );
         }
+        self.record(WorkerEventKind::DispatchAccepted, &d.attempt, None);
         tokio::spawn(self.clone().execute(d, cancel));
         DispatchAck {
             accepted: true,
@@ -506,6 +537,7 @@ impl Core {
                 _ => serde_json::Value::Null,
             },
         };
+        self.record(WorkerEventKind::Start, &attempt, None);
         let outcome = match self.registry.resolve(&d.processor) {
             Err(e) => {
                 drop(ctx); // closes the log channel, so the shipper ends
@@ -522,6 +554,18 @@ impl Core {
                 }
             }
         };
+        // Recorded as soon as the processor returned (it has stopped running), before
+        // the log shipper drains.
+        self.record(
+            WorkerEventKind::End,
+            &attempt,
+            Some(match &outcome {
+                Ok(o) if o.success => "succeeded".to_string(),
+                Ok(_) => "failed".to_string(),
+                Err(e) if cancel.is_cancelled() => format!("killed: {e}"),
+                Err(e) => format!("error: {e}"),
+            }),
+        );
         let _ = shipper.await;
         let stopped = self
             .held

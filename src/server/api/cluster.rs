@@ -11,7 +11,10 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::{ApiError, ApiJson, IdPath};
-use crate::server::cluster::{ForwardReply, MemberChange, PATH_FORWARD_MEMBERS};
+use crate::server::cluster::{
+    ForwardReply, MemberChange, TransferDone, TransferLeader, PATH_FORWARD_MEMBERS,
+    PATH_FORWARD_TRANSFER,
+};
 use crate::server::Node;
 
 #[derive(Debug, Serialize, Deserialize, ToSchema)]
@@ -206,4 +209,53 @@ pub async fn remove_member(
         .propose(crate::state::Command::RemoveNode { node_id: id }, None)
         .await;
     Ok(Json(MembershipChanged { message }))
+}
+
+/// Hands the leadership to a caught-up voter (before maintenance of the leader). Runs
+/// on the leader: here, or forwarded to its cluster port. How it works, and how long
+/// it takes, is in `server::cluster` and docs/operations.md.
+#[utoipa::path(post, path = "/api/v1/cluster/transfer-leader", tag = "cluster", request_body = TransferLeader,
+    responses((status = 200, body = TransferDone), (status = 400, body = super::Problem),
+        (status = 409, body = super::Problem), (status = 503, body = super::Problem)))]
+pub async fn transfer_leader(
+    State(node): State<Arc<Node>>,
+    ApiJson(body): ApiJson<TransferLeader>,
+) -> Result<Json<TransferDone>, ApiError> {
+    let to = body.to;
+    if to == 0 {
+        return Err(ApiError::invalid("to", "node ids are positive integers"));
+    }
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let leader = node.raft.metrics().borrow().current_leader;
+        let reply = match leader {
+            Some(id) if id == node.id => node.transfer_leader_local(to).await,
+            Some(id) => match node.peer_addr(id) {
+                Some(addr) => node
+                    .forward_post(
+                        &addr,
+                        PATH_FORWARD_TRANSFER,
+                        &TransferLeader { to },
+                        Duration::from_secs(15),
+                    )
+                    .await
+                    .unwrap_or_else(|e| ForwardReply::Unknown {
+                        message: format!("forwarding to leader {id} at {addr}: {e}"),
+                    }),
+                None => ForwardReply::NotLeader { leader_id: None },
+            },
+            None => ForwardReply::NotLeader { leader_id: None },
+        };
+        match reply {
+            ForwardReply::Ok(done) => return Ok(Json(done)),
+            ForwardReply::Failed { message } => return Err(ApiError::InvalidState(message)),
+            ForwardReply::Unknown { message } => return Err(ApiError::Unavailable(message)),
+            ForwardReply::NotLeader { .. } if std::time::Instant::now() >= deadline => {
+                return Err(ApiError::Unavailable(
+                    "no leader to run the transfer; retry later".into(),
+                ))
+            }
+            ForwardReply::NotLeader { .. } => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
 }

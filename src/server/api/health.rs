@@ -1,6 +1,5 @@
 //! Health, readiness, metrics and the console page.
 
-use std::fmt::Write;
 use std::sync::Arc;
 
 use axum::extract::State;
@@ -40,50 +39,16 @@ pub async fn readyz(State(node): State<Arc<Node>>) -> Response {
     }
 }
 
-/// Prometheus text format. The full set of metrics comes with the metrics work; these
-/// are the Raft gauges operators need first.
+/// Prometheus text format: the recorder's event series plus this node's Raft, state
+/// and worker gauges read now (see [`crate::server::metrics`]). Behind the admin
+/// token when `[metrics] require_token` is on (the router adds the check).
 pub async fn metrics(State(node): State<Arc<Node>>) -> Response {
-    let m = node.raft.metrics().borrow().clone();
-    let (jobs, apps) = {
-        let s = node.state.read().expect("state lock");
-        (s.state.jobs.len(), s.state.apps.len())
-    };
-    let mut out = String::new();
-    let mut gauge = |name: &str, help: &str, value: f64| {
-        let _ = writeln!(
-            out,
-            "# HELP {name} {help}\n# TYPE {name} gauge\n{name}{{node_id=\"{}\"}} {value}",
-            node.id
-        );
-    };
-    gauge(
-        "raftjob_raft_term",
-        "Current Raft term.",
-        m.current_term as f64,
-    );
-    gauge(
-        "raftjob_raft_is_leader",
-        "1 when this node leads.",
-        f64::from(u8::from(m.current_leader == Some(node.id))),
-    );
-    gauge(
-        "raftjob_raft_leader_id",
-        "Id of the known leader, 0 when none.",
-        m.current_leader.unwrap_or(0) as f64,
-    );
-    gauge(
-        "raftjob_raft_last_log_index",
-        "Last log index on this node.",
-        m.last_log_index.unwrap_or(0) as f64,
-    );
-    gauge(
-        "raftjob_raft_applied_index",
-        "Last applied log index.",
-        m.last_applied.map(|l| l.index).unwrap_or(0) as f64,
-    );
-    gauge("raftjob_jobs", "Jobs in the replicated state.", jobs as f64);
-    gauge("raftjob_apps", "Apps in the replicated state.", apps as f64);
-    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], out).into_response()
+    let body = crate::server::metrics::render(&node);
+    (
+        [(header::CONTENT_TYPE, crate::server::metrics::CONTENT_TYPE)],
+        body,
+    )
+        .into_response()
 }
 
 /// A minimal console: the cluster and its jobs, read through the API with the token

@@ -4,6 +4,7 @@
 
 mod apps;
 mod cluster;
+pub mod debug;
 pub mod error;
 mod health;
 mod instances;
@@ -42,10 +43,11 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
         apps::create_app, apps::list_apps,
         jobs::create_job, jobs::list_jobs, jobs::get_job, jobs::update_job, jobs::delete_job, jobs::enable_job, jobs::disable_job,
         jobs::preview_schedule, jobs::skipped_fires,
-        cluster::get_cluster, cluster::add_member, cluster::remove_member,
+        cluster::get_cluster, cluster::add_member, cluster::remove_member, cluster::transfer_leader,
         instances::run_job, instances::get_instance, instances::list_instances, instances::instance_logs,
         instances::stop_instance, instances::cancel_instance, instances::retry_instance,
         workers::list_workers,
+        debug::set_clock, debug::state_digest,
         health::healthz, health::readyz,
     ),
     components(schemas(Problem)),
@@ -68,6 +70,9 @@ impl utoipa::Modify for BearerAuth {
 }
 
 pub fn router(node: Arc<Node>) -> Router {
+    if crate::planted::active(crate::planted::Bug::AckBeforeCommit) {
+        let _ = PLANTED_NODE.set(Arc::downgrade(&node));
+    }
     let api = Router::new()
         .route("/api/v1/apps", post(apps::create_app).get(apps::list_apps))
         .route("/api/v1/jobs", post(jobs::create_job).get(jobs::list_jobs))
@@ -98,18 +103,29 @@ pub fn router(node: Arc<Node>) -> Router {
             post(instances::retry_instance),
         )
         .route("/api/v1/workers", get(workers::list_workers))
+        .route("/api/v1/debug/clock", post(debug::set_clock))
+        .route("/api/v1/debug/state-digest", get(debug::state_digest))
         .route("/api/v1/cluster", get(cluster::get_cluster))
         .route("/api/v1/cluster/members", post(cluster::add_member))
+        .route(
+            "/api/v1/cluster/transfer-leader",
+            post(cluster::transfer_leader),
+        )
         .route(
             "/api/v1/cluster/members/{id}",
             delete(cluster::remove_member),
         )
         .route_layer(middleware::from_fn_with_state(node.clone(), require_token));
+    // `[metrics] require_token`: the same admin-token check as /api/v1.
+    let mut metrics = Router::new().route("/metrics", get(health::metrics));
+    if node.config.metrics.require_token {
+        metrics = metrics.route_layer(middleware::from_fn_with_state(node.clone(), require_token));
+    }
     Router::new()
         .merge(api)
+        .merge(metrics)
         .route("/healthz", get(health::healthz))
         .route("/readyz", get(health::readyz))
-        .route("/metrics", get(health::metrics))
         .route("/openapi.json", get(openapi_json))
         .route("/", get(health::console))
         .fallback(not_found)
@@ -255,12 +271,57 @@ pub(crate) async fn write(
     request: RequestMeta,
     cmd: Command,
 ) -> Result<(Outcome, bool), ApiError> {
-    let resp = node.propose(cmd, Some(request)).await?;
+    let resp = if crate::planted::active(crate::planted::Bug::AckBeforeCommit)
+        && matches!(cmd, Command::CreateJob { .. } | Command::RunJob { .. })
+    {
+        planted_ack_before_commit(node, request, cmd)
+    } else {
+        node.propose(cmd, Some(request)).await?
+    };
     match resp.outcome {
         Outcome::Rejected { error } => Err(error.into()),
         outcome => Ok((outcome, resp.replayed)),
     }
 }
+
+/// PLANTED BUG `ack-before-commit` (only in `planted-bugs` builds): answers with what
+/// applying the write to a copy of this node's (possibly stale) state would give,
+/// proposes it in the background, and never proposes every fifth one.
+fn planted_ack_before_commit(
+    node: &Node,
+    request: RequestMeta,
+    cmd: Command,
+) -> crate::state::Response {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static WRITES: AtomicU64 = AtomicU64::new(0);
+    let proposal = crate::state::Proposal {
+        v: crate::state::COMMAND_VERSION,
+        now_ms: crate::server::now_ms(),
+        request: Some(request.clone()),
+        cmd: cmd.clone(),
+    };
+    let speculative = {
+        let guard = node.state.read().expect("state lock");
+        let (term, index) = guard
+            .last_applied
+            .map_or((0, 0), |id| (id.leader_id.term, id.index));
+        let mut copy = guard.state.clone();
+        drop(guard);
+        crate::state::apply(&mut copy, &proposal, term, index + 1)
+    };
+    if WRITES.fetch_add(1, Ordering::Relaxed) % 5 == 4 {
+        tracing::warn!(request = %request.id, "PLANTED BUG ack-before-commit: acknowledged a write that is never proposed.");
+    } else if let Some(node) = PLANTED_NODE.get().and_then(std::sync::Weak::upgrade) {
+        tokio::spawn(async move {
+            let _ = node.propose(cmd, Some(request)).await;
+        });
+    }
+    speculative
+}
+
+/// This server's node, for the background proposals of `ack-before-commit` (set only
+/// when that planted bug is active; a server process is one node).
+static PLANTED_NODE: std::sync::OnceLock<std::sync::Weak<Node>> = std::sync::OnceLock::new();
 
 /// `?consistency=stale` asks for a local read without the ReadIndex round.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]

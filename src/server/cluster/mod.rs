@@ -27,8 +27,6 @@ pub const PATH_PROBE: &str = "/cluster/v1/probe";
 pub const PATH_FORWARD_WORKERS: &str = "/cluster/v1/forward/workers";
 pub const PATH_FORWARD_TRANSFER: &str = "/cluster/v1/forward/transfer-leader";
 pub const PATH_ELECT: &str = "/cluster/v1/elect";
-/// The api-port route for a leadership transfer (served by [`api_router`]).
-pub const API_PATH_TRANSFER: &str = "/api/v1/cluster/transfer-leader";
 
 /// A leader's answer to a forwarded request.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -606,75 +604,4 @@ async fn elect(State(node): State<Arc<Node>>, Json(req): Json<ElectRequest>) -> 
         }
     };
     Json(reply).into_response()
-}
-
-/// `POST /api/v1/cluster/transfer-leader` on the api port: runs the transfer on the
-/// leader (here, or forwarded to its cluster port). Needs the admin token.
-pub fn api_router(node: Arc<Node>) -> Router {
-    Router::new()
-        .route(API_PATH_TRANSFER, post(transfer_leader_api))
-        .layer(axum::extract::DefaultBodyLimit::max(64 * 1024))
-        .with_state(node)
-}
-
-async fn transfer_leader_api(
-    State(node): State<Arc<Node>>,
-    headers: HeaderMap,
-    body: Result<Json<TransferLeader>, axum::extract::rejection::JsonRejection>,
-) -> Response {
-    use crate::server::api::ApiError;
-    let token = headers
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if !secrets_equal(token.trim().as_bytes(), node.config.admin_token.as_bytes()) {
-        return ApiError::Unauthorized.into_response();
-    }
-    let to = match body {
-        Ok(Json(b)) => b.to,
-        Err(e) => {
-            return ApiError::invalid("to", format!("send {{\"to\": NODE_ID}}: {}", e.body_text()))
-                .into_response()
-        }
-    };
-    if to == 0 {
-        return ApiError::invalid("to", "node ids are positive integers").into_response();
-    }
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let leader = node.raft.metrics().borrow().current_leader;
-        let reply = match leader {
-            Some(id) if id == node.id => node.transfer_leader_local(to).await,
-            Some(id) => match node.peer_addr(id) {
-                Some(addr) => node
-                    .forward_post(
-                        &addr,
-                        PATH_FORWARD_TRANSFER,
-                        &TransferLeader { to },
-                        Duration::from_secs(15),
-                    )
-                    .await
-                    .unwrap_or_else(|e| ForwardReply::Unknown {
-                        message: format!("forwarding to leader {id} at {addr}: {e}"),
-                    }),
-                None => ForwardReply::NotLeader { leader_id: None },
-            },
-            None => ForwardReply::NotLeader { leader_id: None },
-        };
-        match reply {
-            ForwardReply::Ok(done) => return Json(done).into_response(),
-            ForwardReply::Failed { message } => {
-                return ApiError::InvalidState(message).into_response()
-            }
-            ForwardReply::Unknown { message } => {
-                return ApiError::Unavailable(message).into_response()
-            }
-            ForwardReply::NotLeader { .. } if Instant::now() >= deadline => {
-                return ApiError::Unavailable("no leader to run the transfer; retry later".into())
-                    .into_response()
-            }
-            ForwardReply::NotLeader { .. } => tokio::time::sleep(Duration::from_millis(100)).await,
-        }
-    }
 }

@@ -526,3 +526,22 @@ fn a_fire_can_dispatch_its_instance_in_the_same_entry() {
     // The fencing token is the Fire entry's own (term, index).
     assert_eq!((a.fencing_token.term, a.fencing_token.index), (1, w.index));
 }
+
+#[test]
+fn skips_are_split_by_kind_for_the_metrics() {
+    let planned = [("misfire", 3), ("catch_up_limit", 2)];
+    // Everything planned was recorded, and apply skipped one more for concurrency.
+    assert_eq!(
+        skips_by_kind(&planned, 6),
+        [("misfire", 3), ("catch_up_limit", 2), ("concurrency", 1)]
+    );
+    // Apply dropped stale planned times: never more than were recorded.
+    assert_eq!(
+        skips_by_kind(&planned, 4),
+        [("misfire", 3), ("catch_up_limit", 1), ("concurrency", 0)]
+    );
+    assert_eq!(
+        skips_by_kind(&[("misfire", 0), ("catch_up_limit", 0)], 2),
+        [("misfire", 0), ("catch_up_limit", 0), ("concurrency", 2)]
+    );
+}

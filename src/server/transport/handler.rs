@@ -26,7 +26,8 @@ pub fn worker_credential(secret: &str, cluster_id: &str, worker_id: &str) -> Str
     format!("rjc_{}", hex::encode(mac.finalize().into_bytes()))
 }
 
-fn refused(code: &str, message: impl Into<String>) -> ServerMsg {
+fn refused(code: &'static str, message: impl Into<String>) -> ServerMsg {
+    crate::server::metrics::transport_refused(code);
     ServerMsg::Refused {
         code: code.into(),
         message: message.into(),
@@ -193,7 +194,8 @@ impl TransportState {
         let m = self.node.raft.metrics().borrow().clone();
         let limit = self.node.config.raft.election_timeout_min_ms;
         m.current_leader == Some(self.node.id)
-            && m.millis_since_quorum_ack.is_some_and(|ms| ms <= limit)
+            && (m.millis_since_quorum_ack.is_some_and(|ms| ms <= limit)
+                || crate::planted::active(crate::planted::Bug::RenewWithoutQuorum))
     }
 
     async fn heartbeat(&self, h: Heartbeat) -> ServerMsg {

@@ -121,6 +121,9 @@ async fn serve(t: TransportState, socket: WebSocket) {
                     t.node.workers.dispatch_accepted(key);
                 } else {
                     let reason = ack.reason.unwrap_or_else(|| "no reason given".into());
+                    crate::server::metrics::dispatch_refused(
+                        crate::server::metrics::REFUSED_BY_WORKER,
+                    );
                     let node = t.node.clone();
                     tokio::spawn(async move {
                         crate::server::dispatcher::refuse_dispatch(&node, &id, key, reason).await
