@@ -54,7 +54,7 @@ bench-quick: deps ## The same, short (about 3 minutes after the build; OUT=dir)
 	$(CARGO) build --bin raftjob
 	$(CARGO) run -p raftjob-bench -- --quick $(if $(OUT),--out $(OUT))
 
-jepsen: deps ## Run every jepsen-lite scenario (SEEDS=3 TIME=60 SCENARIOS=all), then a table of verdicts
+jepsen: deps ## Every jepsen-lite scenario (SEEDS=3 TIME=60 SCENARIOS=all), a table of verdicts, then the planted bugs
 	$(CARGO) build -p raftjob -p jepsen-lite --bin raftjob --bin jepsen-lite
 	@mkdir -p $(JEPSEN_OUT)
 	@set +e; \
@@ -67,8 +67,10 @@ jepsen: deps ## Run every jepsen-lite scenario (SEEDS=3 TIME=60 SCENARIOS=all), 
 	  case $$code in 0) v=valid;; 1) v=INVALID;; *) v=UNKNOWN;; esac; \
 	  printf '    %-20s seed %-3s %-8s %s\n' $$s $$seed $$v $$dir/summary.md; \
 	done; done
-	@echo
-	target/debug/jepsen-lite table $(JEPSEN_OUT)
+	@echo; status=0; target/debug/jepsen-lite table $(JEPSEN_OUT) || status=1; \
+	echo "==> Planted bugs: each must be caught (jepsen-lite/tests/planted.rs)"; \
+	$(CARGO) test -p jepsen-lite --test planted -- --ignored --nocapture --test-threads=1 || status=1; \
+	exit $$status
 
 lint: deps ## Check formatting (rustfmt) and lints (clippy, warnings are errors)
 	@echo "==> cargo fmt --check"

@@ -562,6 +562,45 @@ async fn create_jobs(c: &TestCluster, app: &str, prefix: &str, n: usize) -> Vec<
     ids
 }
 
+/// `GET /api/v1/jobs?limit=&after=` pages through the jobs in id order, per app.
+#[tokio::test]
+async fn job_list_pages_with_limit_and_after() {
+    let c = TestCluster::start(1);
+    c.wait_ready(&[1], READY).await;
+    let client = c.client();
+    client.create_app("a").await.unwrap();
+    client.create_app("b").await.unwrap();
+    let mine = create_jobs(&c, "a", "page", 5).await;
+    create_jobs(&c, "b", "other", 2).await;
+    let mut seen = Vec::new();
+    let mut after: Option<u64> = None;
+    for _ in 0..10 {
+        let q = after.map(|a| format!("&after={a}")).unwrap_or_default();
+        let v = client
+            .get(&format!("/api/v1/jobs?app=a&limit=2{q}"))
+            .await
+            .unwrap();
+        let page: Vec<u64> = v["jobs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|j| j["id"].as_u64().unwrap())
+            .collect();
+        assert!(page.len() <= 2, "{v}");
+        seen.extend(page);
+        match v["next_after"].as_u64() {
+            Some(n) => after = Some(n),
+            None => break,
+        }
+    }
+    assert_eq!(seen, mine, "every job of app a once, in id order");
+    let all = client.get("/api/v1/jobs").await.unwrap();
+    assert_eq!(all["jobs"].as_array().unwrap().len(), 7, "{all}");
+    assert!(all.get("next_after").is_none(), "{all}");
+    let e = client.get("/api/v1/jobs?limit=0").await.unwrap_err();
+    assert_eq!(e.code(), Some("validation_failed"), "{e:?}");
+}
+
 #[tokio::test]
 async fn leader_kill_loses_nothing_and_the_old_leader_catches_up() {
     let mut c = TestCluster::start(3);

@@ -98,6 +98,35 @@ pub fn markdown(r: &Results) -> String {
                 p.p99_ratio_create
             );
         }
+        let _ = writeln!(o, "\nCPU during each point (all three server processes; µs of CPU per write, and cores busy), \
+            which shows whether the 2 cores rather than the disk bound the figure:\n");
+        let _ = writeln!(o, "| clients | raftjob create | raftjob run | etcd put | load generator (create / run / put) |\n|---|---|---|---|---|");
+        let cpu = |r: &LoadResult| {
+            r.cpu.as_ref().map_or("n/a".into(), |c| {
+                format!(
+                    "{:.0} µs/op, {:.2} cores",
+                    c.servers_us_per_op, c.servers_cores
+                )
+            })
+        };
+        let client = |r: &LoadResult| {
+            r.cpu
+                .as_ref()
+                .map_or("n/a".into(), |c| format!("{:.2}", c.client_cores))
+        };
+        for p in &w.points {
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {} | {} / {} / {} cores |",
+                p.clients,
+                cpu(&p.raftjob_create),
+                cpu(&p.raftjob_run),
+                cpu(&p.etcd_put),
+                client(&p.raftjob_create),
+                client(&p.raftjob_run),
+                client(&p.etcd_put)
+            );
+        }
         o.push('\n');
     }
 

@@ -62,6 +62,7 @@ enum Cmd {
     },
     /// A table of every run under ROOT (each results.json): verdict, faults,
     /// operations and the checks that were not valid; then each checker's tally.
+    /// Exit code 1 unless every run was valid.
     Table { root: PathBuf },
 }
 
@@ -103,7 +104,8 @@ fn main() -> ExitCode {
             0
         }
         Cmd::Table { root } => match jepsen_lite::table::print_table(&root) {
-            Ok(()) => 0,
+            Ok(true) => 0,
+            Ok(false) => 1,
             Err(e) => {
                 eprintln!("jepsen-lite: {e:#}");
                 2

@@ -37,8 +37,8 @@ fn sum_ops(r: &Value, key: &str) -> u64 {
         .sum()
 }
 
-/// Prints the table as Markdown.
-pub fn print_table(root: &Path) -> anyhow::Result<()> {
+/// Prints the table as Markdown; returns whether every run was valid.
+pub fn print_table(root: &Path) -> anyhow::Result<bool> {
     let mut files = Vec::new();
     find_results(root, &mut files);
     if files.is_empty() {
@@ -114,5 +114,5 @@ pub fn print_table(root: &Path) -> anyhow::Result<()> {
     for (name, [v, i, u]) in tally {
         println!("| {name} | {v} | {i} | {u} |");
     }
-    Ok(())
+    Ok(verdicts[1] == 0 && verdicts[2] == 0)
 }

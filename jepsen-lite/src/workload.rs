@@ -69,6 +69,7 @@ impl Api {
 
     /// Sends one request and classifies the answer. `read`: the request has no
     /// effect, so any failure is `Fail`, and 404 is an `ok` reading of absence.
+    #[allow(clippy::too_many_arguments)] // one HTTP request's parts, all different
     pub async fn call(
         &self,
         addr: SocketAddr,

@@ -12,20 +12,18 @@ fn smoke_selection_is_valid() {
     let mut failures = Vec::new();
     for scenario in SMOKE {
         let run = common::run_scenario(scenario, 1, common::SMOKE_TIME_LIMIT, &raftjob, None);
-        eprintln!(
-            "{scenario}: exit {} in {:.0?}\n{}",
-            run.code, run.elapsed, run.summary
-        );
+        eprintln!("{scenario}: exit {} in {:.0?}", run.code, run.elapsed);
         let verdict = run.results["verdict"]
             .as_str()
             .unwrap_or("missing")
             .to_string();
         if run.code != 0 || verdict != "valid" {
             failures.push(format!(
-                "{scenario}: exit code {}, verdict {verdict}; see {}\n{}",
+                "{scenario}: exit code {}, verdict {verdict}; see {}\n{}\n{}",
                 run.code,
                 run.dir.display(),
-                run.not_valid_checks()
+                run.not_valid_checks(),
+                run.summary
             ));
         }
     }

@@ -141,7 +141,7 @@ fn execute(state: &mut State, cmd: &Command, pos: FencingToken) -> Outcome {
                 Ok(id) => id,
                 Err(e) => return Outcome::rejected(e),
             };
-            if state.jobs_of_app(app_id).any(|j| j.spec.name == spec.name) {
+            if state.job_named(app_id, &spec.name).is_some() {
                 return Outcome::rejected(StateError::AlreadyExists {
                     entity: "job".into(),
                     key: format!("{}/{}", spec.app, spec.name),
@@ -159,6 +159,7 @@ fn execute(state: &mut State, cmd: &Command, pos: FencingToken) -> Outcome {
                 last_finished_ms: None,
             };
             state.jobs.insert(id, job.clone());
+            state.index_job_name(None, id);
             state.touch(Key::Job(id));
             job.into()
         }
@@ -168,23 +169,27 @@ fn execute(state: &mut State, cmd: &Command, pos: FencingToken) -> Outcome {
                 Err(e) => return Outcome::rejected(e),
             };
             if state
-                .jobs_of_app(app_id)
-                .any(|j| j.spec.name == spec.name && j.id != *id)
+                .job_named(app_id, &spec.name)
+                .is_some_and(|other| other != *id)
             {
                 return Outcome::rejected(StateError::AlreadyExists {
                     entity: "job".into(),
                     key: format!("{}/{}", spec.app, spec.name),
                 });
             }
-            update_job(state, *id, now, |job| {
+            let old = state.jobs.get(id).map(|j| (j.app_id, j.spec.name.clone()));
+            let outcome = update_job(state, *id, now, |job| {
                 job.app_id = app_id;
                 job.spec = spec.clone();
-            })
+            });
+            state.index_job_name(old, *id);
+            outcome
         }
         Command::DeleteJob { id } => {
-            if state.jobs.remove(id).is_none() {
+            let Some(job) = state.jobs.remove(id) else {
                 return Outcome::rejected(StateError::not_found("job", id));
-            }
+            };
+            state.index_job_name(Some((job.app_id, job.spec.name)), *id);
             state.touch(Key::Job(*id));
             if state.skips.remove(id).is_some() {
                 state.touch(Key::Skips(*id));

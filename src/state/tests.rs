@@ -151,6 +151,76 @@ fn duplicate_names_are_rejected() {
     assert_eq!(s.jobs.len(), 1);
 }
 
+/// The name index follows renames and deletes: a freed name can be taken again, a
+/// taken one cannot, and a reload rebuilds the same index.
+#[test]
+fn job_names_follow_renames_and_deletes() {
+    let mut s = State::default();
+    create_app(&mut s, "a");
+    let create = |s: &mut State, name: &str, at: u64| {
+        apply(
+            s,
+            &prop(
+                at as Millis,
+                Command::CreateJob {
+                    spec: spec("a", name),
+                },
+            ),
+            at,
+        )
+        .outcome
+    };
+    let rejected = |o: &Outcome| {
+        matches!(
+            o,
+            Outcome::Rejected {
+                error: StateError::AlreadyExists { .. }
+            }
+        )
+    };
+    assert!(!rejected(&create(&mut s, "x", 3)));
+    let id = *s.jobs.keys().next().unwrap();
+    let app = s.jobs[&id].app_id;
+    // Rename x -> y: x is free again, y is taken.
+    let r = apply(
+        &mut s,
+        &prop(
+            4,
+            Command::UpdateJob {
+                id,
+                spec: spec("a", "y"),
+            },
+        ),
+        4,
+    );
+    assert!(!rejected(&r.outcome), "{:?}", r.outcome);
+    assert_eq!(s.job_named(app, "x"), None);
+    assert_eq!(s.job_named(app, "y"), Some(id));
+    assert!(rejected(&create(&mut s, "y", 5)));
+    assert!(!rejected(&create(&mut s, "x", 6)));
+    // Renaming onto a taken name is refused and changes nothing.
+    let r = apply(
+        &mut s,
+        &prop(
+            7,
+            Command::UpdateJob {
+                id,
+                spec: spec("a", "x"),
+            },
+        ),
+        7,
+    );
+    assert!(rejected(&r.outcome));
+    assert_eq!(s.job_named(app, "y"), Some(id));
+    // Delete frees the name.
+    apply(&mut s, &prop(8, Command::DeleteJob { id }), 8);
+    assert_eq!(s.job_named(app, "y"), None);
+    assert!(!rejected(&create(&mut s, "y", 9)));
+    let mut reloaded = s.clone();
+    reloaded.rebuild_indexes();
+    assert_eq!(reloaded, s);
+}
+
 #[test]
 fn replicated_clock_never_runs_backwards() {
     let mut s = State::default();

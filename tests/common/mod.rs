@@ -666,3 +666,48 @@ pub fn servers(c: &TestCluster) -> String {
         .collect::<Vec<_>>()
         .join(",")
 }
+
+impl TestNode {
+    /// SIGTERM, then waits up to `timeout` for the exit; returns its exit code, or
+    /// `None` if it did not exit (it is then killed). Unlike [`TestNode::stop`], the
+    /// caller learns whether the shutdown was clean.
+    pub fn stop_status(&mut self, timeout: Duration) -> Option<i32> {
+        let mut c = self.child.take()?;
+        unsafe_sigterm(c.id());
+        let deadline = Instant::now() + timeout;
+        while Instant::now() < deadline {
+            if let Some(status) = c.try_wait().unwrap() {
+                return Some(status.code().unwrap_or(-1));
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let _ = c.kill();
+        let _ = c.wait();
+        None
+    }
+}
+
+/// Copies the directory `from` into `to` recursively (files, directories and
+/// symlinks), creating `to`; fails if `to` already holds a file of the same name.
+pub fn copy_dir(from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(to)?;
+    for entry in std::fs::read_dir(from)? {
+        let entry = entry?;
+        let (src, dst) = (entry.path(), to.join(entry.file_name()));
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_dir(&src, &dst)?;
+        } else if kind.is_symlink() {
+            std::os::unix::fs::symlink(std::fs::read_link(&src)?, &dst)?;
+        } else {
+            if dst.exists() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::AlreadyExists,
+                    format!("{} already exists", dst.display()),
+                ));
+            }
+            std::fs::copy(&src, &dst)?;
+        }
+    }
+    Ok(())
+}

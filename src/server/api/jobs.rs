@@ -19,6 +19,11 @@ use crate::state::{Command, Job, JobSpec, Millis, Outcome, SkipRecord};
 pub struct ListJobsQuery {
     /// Only jobs of this app (by name).
     pub app: Option<String>,
+    /// At most this many jobs (1 to 10,000); without it, every job. With many jobs,
+    /// page through them with `limit` and `after`.
+    pub limit: Option<usize>,
+    /// Only jobs with an id greater than this: the previous page's `next_after`.
+    pub after: Option<u64>,
     /// `linearizable` (default) or `stale`.
     pub consistency: Option<String>,
 }
@@ -66,6 +71,9 @@ fn rfc3339(ms: Millis) -> String {
 #[derive(Debug, Serialize, ToSchema)]
 pub struct JobList {
     pub jobs: Vec<JobView>,
+    /// Set when `limit` cut the list short: pass it as `after` for the next page.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub next_after: Option<u64>,
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
@@ -144,20 +152,40 @@ pub async fn list_jobs(
     State(node): State<Arc<Node>>,
     ApiQuery(q): ApiQuery<ListJobsQuery>,
 ) -> Result<Json<JobList>, ApiError> {
+    if q.limit.is_some_and(|l| !(1..=10_000).contains(&l)) {
+        return Err(ApiError::invalid("limit", "give a limit from 1 to 10000"));
+    }
     read_barrier(&node, q.consistency.as_deref()).await?;
     let guard = node.state.read().expect("state lock");
     let state = &guard.state;
-    let jobs = match &q.app {
-        None => state.jobs.values().cloned().collect::<Vec<_>>(),
-        Some(name) => {
-            let app = state
+    let app_id = match &q.app {
+        None => None,
+        Some(name) => Some(
+            state
                 .app_by_name(name)
-                .ok_or_else(|| ApiError::NotFound(format!("app {name} not found")))?;
-            state.jobs_of_app(app.id).cloned().collect()
-        }
+                .ok_or_else(|| ApiError::NotFound(format!("app {name} not found")))?
+                .id,
+        ),
     };
-    let jobs = jobs.into_iter().map(|j| JobView::new(state, j)).collect();
-    Ok(Json(JobList { jobs }))
+    let after = q
+        .after
+        .map_or(std::ops::Bound::Unbounded, std::ops::Bound::Excluded);
+    let limit = q.limit.unwrap_or(usize::MAX);
+    let mut matching = state
+        .jobs
+        .range((after, std::ops::Bound::Unbounded))
+        .map(|(_, j)| j)
+        .filter(|j| app_id.is_none_or(|a| j.app_id == a));
+    let jobs: Vec<JobView> = matching
+        .by_ref()
+        .take(limit)
+        .map(|j| JobView::new(state, j.clone()))
+        .collect();
+    let next_after = match matching.next() {
+        Some(_) => jobs.last().map(|j| j.job.id),
+        None => None,
+    };
+    Ok(Json(JobList { jobs, next_after }))
 }
 
 #[utoipa::path(get, path = "/api/v1/jobs/{id}", tag = "jobs", params(("id" = u64, Path), ReadQuery),
