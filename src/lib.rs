@@ -23,4 +23,5 @@ pub mod raft;
 pub mod schedule;
 pub mod server;
 pub mod state;
+pub mod tls;
 pub mod worker;

@@ -150,7 +150,7 @@ fn cron_expr() -> impl Strategy<Value = String> {
             .prop_map(|(f, sep)| f.join(sep)),
         // Mostly-valid 6/7-field expressions with one odd field.
         3 => (prop::collection::vec(prop::sample::select(&["0", "*", "*/5", "1-5", "?", "L", "MON#2", "15W", "2030", "2001-2099"][..]), 6..=7), 0usize..7, cron_field())
-            .prop_map(|(mut f, i, odd)| { let i = i % f.len(); f[i] = odd.as_str().into(); f.join(" ") }),
+            .prop_map(|(mut f, i, odd)| { let i = i % f.len(); f[i] = odd.as_str(); f.join(" ") }),
         1 => any::<String>(),
         1 => "\\PC{0,40}",
     ]
@@ -373,6 +373,9 @@ const TOP_KEYS: &[&str] = &[
     "bootstrap_apps",
     "peer_dial",
     "testing",
+    "cluster_secret_next",
+    "admin_token_next",
+    "tls",
 ];
 
 const SECTION_KEYS: &[(&str, &[&str])] = &[
@@ -409,6 +412,16 @@ const SECTION_KEYS: &[(&str, &[&str])] = &[
     ),
     ("metrics", &["require_token"]),
     ("testing", &["clock_control"]),
+    (
+        "tls",
+        &[
+            "cert_file",
+            "key_file",
+            "cluster_cert_file",
+            "cluster_key_file",
+            "cluster_ca_file",
+        ],
+    ),
     ("transport", &["http", "ws", "HTTP", "grpc"]),
     ("advertise_transport", &["http", "ws", "Ws"]),
     ("initial_members", &["1", "2", "3", "0", "x", "01"]),
@@ -609,6 +622,13 @@ const FLAGS: &[&str] = &[
     "--bootstrap-app",
     "--peer-dial",
     "--test-clock-control",
+    "--admin-token-next",
+    "--cluster-secret-next",
+    "--tls-cert",
+    "--tls-key",
+    "--tls-cluster-cert",
+    "--tls-cluster-key",
+    "--tls-cluster-ca",
 ];
 
 fn env_value() -> impl Strategy<Value = String> {
@@ -660,7 +680,7 @@ fn check_resolve(result: Result<ServerConfig, ConfigError>) -> Result<(), TestCa
         Ok(cfg) => {
             prop_assert!(cfg.initial_members.contains_key(&cfg.node_id));
             prop_assert!(cfg.admin_token.len() >= 16 && cfg.cluster_secret.len() >= 16);
-            prop_assert!(cfg.workers.lease_ms >= 2 * cfg.workers.heartbeat_ms);
+            prop_assert!(cfg.workers.lease_ms >= cfg.workers.heartbeat_ms.saturating_mul(2));
             prop_assert!(cfg.raft.election_timeout_min_ms > cfg.raft.heartbeat_interval_ms);
             prop_assert!(cfg.raft.election_timeout_max_ms > cfg.raft.election_timeout_min_ms);
         }
@@ -1133,4 +1153,27 @@ proptest! {
         round_trips(&WsServerFrame { seq, msg: s })?;
         round_trips(&d)?;
     }
+}
+
+// ---------------------------------------------------------------------------------
+// Regressions: inputs the fuzzers found.
+
+/// `config_flag_values_never_panic` found: a worker heartbeat above `u64::MAX / 2`
+/// overflowed `2 * heartbeat_ms` in the lease check (a panic in debug builds, a
+/// wrapped comparison that accepted the value in release builds).
+#[test]
+fn regression_huge_worker_heartbeat_is_refused_not_overflowed() {
+    let args = ServerArgs {
+        node_id: Some(1),
+        data_dir: Some("/tmp/raftjob-fuzz".into()),
+        api_addr: Some("127.0.0.1:7701".into()),
+        cluster_addr: Some("127.0.0.1:7801".into()),
+        initial_members: vec!["1=127.0.0.1:7801".into()],
+        cluster_secret: Some("0123456789abcdef0123".into()),
+        admin_token: Some("0123456789abcdef0123".into()),
+        worker_heartbeat_ms: Some(9_223_372_036_854_775_808),
+        ..Default::default()
+    };
+    let e = ServerConfig::resolve(Default::default(), &args).unwrap_err();
+    assert!(e.to_string().contains("workers.lease_ms"), "{e}");
 }

@@ -1270,3 +1270,114 @@ async fn random_strategy_uses_both_workers_and_runs_each_instance_once() {
         "both workers ran some (all 30 on one has probability 2^-29): {counts:?}"
     );
 }
+
+/// A TCP proxy that holds each connection for `delay` before it connects to `target`
+/// and forwards what the client sent meanwhile: a dispatch delivered late, after the
+/// leader's request timed out (the answer goes nowhere).
+async fn late_delivery_proxy(target: std::net::SocketAddr, delay: Duration) -> String {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let addr = free_addr();
+    let listener = tokio::net::TcpListener::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        while let Ok((mut inbound, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                tokio::time::sleep(delay).await;
+                let Ok(mut out) = tokio::net::TcpStream::connect(target).await else {
+                    return;
+                };
+                let mut buf = vec![0u8; 64 * 1024];
+                while let Ok(Ok(n)) =
+                    tokio::time::timeout(Duration::from_millis(200), inbound.read(&mut buf)).await
+                {
+                    if n == 0 || out.write_all(&buf[..n]).await.is_err() {
+                        break;
+                    }
+                }
+                // Keep the worker's side open until it has answered.
+                let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                    while let Ok(n) = out.read(&mut buf).await {
+                        if n == 0 {
+                            break;
+                        }
+                    }
+                })
+                .await;
+            });
+        }
+    });
+    addr.to_string()
+}
+
+/// Regression (found by jepsen-lite, `leader-workers-cut` seed 2): a dispatch that
+/// reaches an http worker only after the leader gave up on it (lease + grace) and
+/// dispatched a new attempt elsewhere must never start. Before, the worker started it
+/// and the next heartbeat killed it, so one instance ran on two workers at once.
+#[tokio::test]
+async fn a_dispatch_delivered_late_is_never_started() {
+    let c = TestCluster::start_with(1, FAST_WORKERS);
+    c.wait_ready(&[1], READY).await;
+    let token = app_token(&c, "late").await;
+    let listen = free_addr();
+    // Lease 1.5 s + grace 0.7 s: the dispatch arrives after the leader declared it lost.
+    let advertised = late_delivery_proxy(listen, Duration::from_millis(3500)).await;
+    let record = c.dir.path().join("late-a.jsonl");
+    let record_arg = record.to_str().unwrap().to_string();
+    let listen_arg = listen.to_string();
+    let _a = TestWorker::start(
+        &c,
+        "late",
+        &token,
+        "http",
+        "slow-link",
+        &[
+            "--listen",
+            &listen_arg,
+            "--advertise",
+            &advertised,
+            "--record",
+            &record_arg,
+        ],
+    );
+    wait_workers_live(&c, "late", 1).await;
+    let mut spec = api_job(
+        "late",
+        "once",
+        json!({"type": "shell", "command": "sleep 1"}),
+    );
+    spec["retries"] = json!(1);
+    let (job, _) = create_job(&c, spec).await;
+    let id = run_job(&c, job, json!(null)).await;
+    wait_status(&c, id, "dispatched", RUN).await;
+    // The retry goes to a worker with a direct link.
+    let _b = TestWorker::start(&c, "late", &token, "ws", "direct", &[]);
+    let done = wait_terminal(&c, id, Duration::from_secs(60)).await;
+    assert_eq!(done["status"], "succeeded", "{done}\n{}", c.dump_logs());
+    let attempts = done["attempts"].as_array().unwrap();
+    assert_eq!(attempts.len(), 2, "{done}");
+    assert_eq!(attempts[1]["worker"], "late/direct", "{done}");
+    // The late dispatch did reach the slow worker, and it never started it.
+    let events = eventually(
+        Duration::from_secs(15),
+        "the late dispatch to arrive",
+        || {
+            let record = record.clone();
+            async move {
+                let text = std::fs::read_to_string(&record).ok()?;
+                let events: Vec<Value> = text
+                    .lines()
+                    .filter_map(|l| serde_json::from_str(l).ok())
+                    .collect();
+                events
+                    .iter()
+                    .any(|e| e["instance_id"] == id && e["attempt"] == 1 && e["kind"] != "start")
+                    .then_some(events)
+            }
+        },
+    )
+    .await;
+    let started: Vec<&Value> = events
+        .iter()
+        .filter(|e| e["instance_id"] == id && e["kind"] == "start")
+        .collect();
+    assert!(started.is_empty(), "the late attempt started: {events:?}");
+}

@@ -275,6 +275,20 @@ impl Processes {
         out
     }
 
+    /// Workers that exited by themselves, with their exit status.
+    pub fn crashed_workers(&mut self) -> Vec<(String, String)> {
+        let mut out = Vec::new();
+        for (name, (_, running, _)) in self.workers.iter_mut() {
+            if let Some(r) = running {
+                if let Ok(Some(status)) = r.child.try_wait() {
+                    out.push((name.clone(), status.to_string()));
+                    *running = None;
+                }
+            }
+        }
+        out
+    }
+
     pub fn node_paused(&self, id: u64) -> bool {
         matches!(self.nodes.get(&id), Some((_, Some(r))) if r.paused)
     }

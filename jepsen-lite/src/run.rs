@@ -308,12 +308,24 @@ async fn observe(
             }
         });
         futures::future::join_all(polls).await;
-        for (node, status) in procs.lock().expect("processes lock").crashed_nodes() {
+        let (nodes, workers) = {
+            let mut p = procs.lock().expect("processes lock");
+            (p.crashed_nodes(), p.crashed_workers())
+        };
+        for (node, status) in nodes {
             progress(&format!("node {node} EXITED by itself: {status}"));
             exits
                 .lock()
                 .expect("exits lock")
                 .push(json!({"node": node, "status": status, "time_ns": mono_ns()}));
+        }
+        // A worker that gave up is restarted at heal; its exit is kept in run.json.
+        for (worker, status) in workers {
+            progress(&format!("worker {worker} EXITED by itself: {status}"));
+            exits
+                .lock()
+                .expect("exits lock")
+                .push(json!({"worker": worker, "status": status, "time_ns": mono_ns()}));
         }
         tokio::select! {
             _ = stop.cancelled() => {}

@@ -51,6 +51,10 @@ pub struct Common {
     /// Print the API's JSON answer instead of a table.
     #[arg(long, global = true)]
     pub json: bool,
+    /// PEM file of the CA that signed the servers' api certificates (TLS); addresses
+    /// without a scheme then mean https://.
+    #[arg(long, env = "RAFTJOB_CA_FILE", global = true, value_name = "FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// Why a command failed.
@@ -228,6 +232,15 @@ pub fn run<F>(common: &Common, f: F) -> ExitCode
 where
     F: Future<Output = Result<(), CliError>>,
 {
+    if let Some(ca) = &common.ca_file {
+        if let Err(e) = crate::client::set_default_ca_file(ca) {
+            eprintln!(
+                "{}",
+                CliError::Usage(format!("{e} (--ca-file, RAFTJOB_CA_FILE)")).message()
+            );
+            return ExitCode::from(2);
+        }
+    }
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()

@@ -1,9 +1,14 @@
 //! A Rust client of the raftjob HTTP API. It takes several server addresses and uses
 //! any that answers, so callers never need to know the leader.
 
+use std::path::Path;
+use std::sync::OnceLock;
 use std::time::Duration;
 
 use reqwest::Method;
+use tokio_rustls::rustls::ClientConfig;
+
+use crate::tls::{HttpClient, TlsError};
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use serde_json::Value;
@@ -40,40 +45,81 @@ impl ClientError {
     }
 }
 
+/// The CA every [`Client`] of this process trusts unless told otherwise (the CLI's
+/// `--ca-file`); set once, before clients are built.
+static DEFAULT_CA: OnceLock<ClientConfig> = OnceLock::new();
+
+/// Makes every client built afterwards in this process trust the CA in `path` (PEM)
+/// and use https for addresses given without a scheme. The CLI calls it for
+/// `--ca-file` / `RAFTJOB_CA_FILE`; a second call is ignored.
+pub fn set_default_ca_file(path: &Path) -> Result<(), TlsError> {
+    let config = crate::tls::client_config(Some(("ca_file", path)), None)?;
+    let _ = DEFAULT_CA.set(config);
+    Ok(())
+}
+
 #[derive(Clone)]
 pub struct Client {
-    http: reqwest::Client,
+    http: HttpClient,
     servers: Vec<String>,
     token: String,
+    /// The servers as given, kept to rebuild the URLs when the CA changes.
+    raw: Vec<String>,
+    connect: Duration,
+    total: Duration,
+}
+
+/// `host:port` → `{scheme}://host:port`; URLs are kept as given.
+fn base_url(s: &str, secure: bool) -> String {
+    if s.starts_with("http://") || s.starts_with("https://") {
+        s.trim_end_matches('/').to_string()
+    } else if secure {
+        format!("https://{s}")
+    } else {
+        format!("http://{s}")
+    }
+}
+
+fn build_http(tls: Option<&ClientConfig>, connect: Duration, total: Duration) -> HttpClient {
+    let builder = match tls {
+        Some(c) => crate::tls::http_builder(c.clone()),
+        None => crate::tls::default_http_builder(),
+    };
+    builder
+        .connect_timeout(connect)
+        .timeout(total)
+        .build()
+        .expect("reqwest client builds")
 }
 
 impl Client {
-    /// `servers` are api addresses (`host:port` or URLs).
+    /// `servers` are api addresses (`host:port` or URLs). `host:port` means http, or
+    /// https when a CA was given ([`Client::with_ca_file`], [`set_default_ca_file`]);
+    /// `https://` URLs without a CA trust the public web PKI roots.
     pub fn new(
         servers: impl IntoIterator<Item = impl Into<String>>,
         token: impl Into<String>,
     ) -> Self {
-        let servers = servers
-            .into_iter()
-            .map(|s| {
-                let s: String = s.into();
-                if s.starts_with("http://") || s.starts_with("https://") {
-                    s.trim_end_matches('/').to_string()
-                } else {
-                    format!("http://{s}")
-                }
-            })
-            .collect();
-        let http = reqwest::Client::builder()
-            .connect_timeout(Duration::from_secs(2))
-            .timeout(Duration::from_secs(30))
-            .build()
-            .expect("reqwest client builds");
+        let raw: Vec<String> = servers.into_iter().map(Into::into).collect();
+        let tls = DEFAULT_CA.get();
+        let (connect, total) = (Duration::from_secs(2), Duration::from_secs(30));
         Self {
-            http,
-            servers,
+            http: build_http(tls, connect, total),
+            servers: raw.iter().map(|s| base_url(s, tls.is_some())).collect(),
             token: token.into(),
+            raw,
+            connect,
+            total,
         }
+    }
+
+    /// Trusts the CA in `path` (PEM) for https, and uses https for addresses given
+    /// without a scheme.
+    pub fn with_ca_file(mut self, path: &Path) -> Result<Self, TlsError> {
+        let config = crate::tls::client_config(Some(("ca_file", path)), None)?;
+        self.http = build_http(Some(&config), self.connect, self.total);
+        self.servers = self.raw.iter().map(|s| base_url(s, true)).collect();
+        Ok(self)
     }
 
     /// Sends a request to the first server that accepts the connection.
@@ -174,11 +220,8 @@ impl Client {
         total: Duration,
     ) -> Self {
         let mut c = Self::new(servers, token);
-        c.http = reqwest::Client::builder()
-            .connect_timeout(connect)
-            .timeout(total)
-            .build()
-            .expect("reqwest client builds");
+        c.http = build_http(DEFAULT_CA.get(), connect, total);
+        (c.connect, c.total) = (connect, total);
         c
     }
 
@@ -278,6 +321,9 @@ pub fn describe_transport_error(e: &(dyn std::error::Error + 'static)) -> String
         let mut found = false;
         while let Some(c) = cur {
             if let Some(r) = c.downcast_ref::<reqwest::Error>() {
+                found |= r.is_timeout();
+            }
+            if let Some(r) = c.downcast_ref::<crate::tls::HttpError>() {
                 found |= r.is_timeout();
             }
             cur = c.source();

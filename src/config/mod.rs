@@ -159,6 +159,56 @@ pub struct MetricsConfig {
     pub require_token: bool,
 }
 
+/// Optional TLS (`[tls]`): certificate and key files in PEM. `cert_file` and
+/// `key_file` put the api port and every worker transport port on HTTPS/WSS only; the
+/// three `cluster_*` files put the cluster port on mutual TLS (peers present
+/// certificates signed by `cluster_ca_file`, and the cluster secret is still required).
+/// The files are read at start-up ([`crate::server::tls`]); here only pairs are checked.
+#[derive(Debug, Clone, Default, Deserialize, PartialEq, Eq)]
+#[serde(deny_unknown_fields, default)]
+pub struct TlsConfig {
+    pub cert_file: Option<PathBuf>,
+    pub key_file: Option<PathBuf>,
+    pub cluster_cert_file: Option<PathBuf>,
+    pub cluster_key_file: Option<PathBuf>,
+    pub cluster_ca_file: Option<PathBuf>,
+}
+
+impl TlsConfig {
+    /// TLS on the api and transport ports.
+    pub fn public_enabled(&self) -> bool {
+        self.cert_file.is_some()
+    }
+
+    /// Mutual TLS on the cluster port (and https on every cluster-port client).
+    pub fn cluster_enabled(&self) -> bool {
+        self.cluster_cert_file.is_some()
+    }
+
+    fn validate(&self) -> Result<(), ConfigError> {
+        let set = |p: &Option<PathBuf>| p.is_some();
+        if set(&self.cert_file) != set(&self.key_file) {
+            let (key, other) = if set(&self.cert_file) {
+                ("tls.key_file", "tls.cert_file")
+            } else {
+                ("tls.cert_file", "tls.key_file")
+            };
+            return Err(invalid(key, "<unset>", format!("{other} is set, so set {key} too (--tls-cert and --tls-key, RAFTJOB_TLS_CERT and RAFTJOB_TLS_KEY), or neither for plain HTTP")));
+        }
+        let cluster = [
+            ("tls.cluster_cert_file", set(&self.cluster_cert_file)),
+            ("tls.cluster_key_file", set(&self.cluster_key_file)),
+            ("tls.cluster_ca_file", set(&self.cluster_ca_file)),
+        ];
+        if cluster.iter().any(|(_, s)| *s) {
+            if let Some((key, _)) = cluster.iter().find(|(_, s)| !*s) {
+                return Err(invalid(*key, "<unset>", "cluster TLS needs all three of tls.cluster_cert_file, tls.cluster_key_file and tls.cluster_ca_file (--tls-cluster-cert, --tls-cluster-key, --tls-cluster-ca), or none for plain HTTP"));
+            }
+        }
+        Ok(())
+    }
+}
+
 /// An app the leader creates at bootstrap, with a worker token chosen by the operator
 /// (`[[bootstrap_apps]]`, `--bootstrap-app NAME:TOKEN`, `RAFTJOB_BOOTSTRAP_APPS`).
 #[derive(Debug, Clone, Deserialize, PartialEq, Eq)]
@@ -190,7 +240,11 @@ pub struct FileConfig {
     #[serde(default)]
     pub initial_members: BTreeMap<String, String>,
     pub cluster_secret: Option<String>,
+    /// During a cluster-secret rotation: a second secret the cluster port accepts.
+    pub cluster_secret_next: Option<String>,
     pub admin_token: Option<String>,
+    /// During an admin-token rotation: a second admin token the API accepts.
+    pub admin_token_next: Option<String>,
     pub log_format: Option<String>,
     #[serde(default)]
     pub raft: Option<RaftTuning>,
@@ -209,6 +263,8 @@ pub struct FileConfig {
     pub peer_dial: BTreeMap<String, String>,
     #[serde(default)]
     pub testing: Option<TestingConfig>,
+    #[serde(default)]
+    pub tls: Option<TlsConfig>,
 }
 
 /// `raftjob server` flags; each also reads a `RAFTJOB_*` environment variable.
@@ -256,6 +312,13 @@ pub struct ServerArgs {
     /// Bearer token for the API.
     #[arg(long, env = "RAFTJOB_ADMIN_TOKEN", hide_env_values = true)]
     pub admin_token: Option<String>,
+    /// During an admin-token rotation: a second bearer token the API accepts.
+    #[arg(long, env = "RAFTJOB_ADMIN_TOKEN_NEXT", hide_env_values = true)]
+    pub admin_token_next: Option<String>,
+    /// During a cluster-secret rotation: a second secret the cluster port accepts
+    /// (this node still sends `cluster_secret`).
+    #[arg(long, env = "RAFTJOB_CLUSTER_SECRET_NEXT", hide_env_values = true)]
+    pub cluster_secret_next: Option<String>,
     /// Log format: text or json.
     #[arg(long, env = "RAFTJOB_LOG_FORMAT")]
     pub log_format: Option<String>,
@@ -330,6 +393,22 @@ pub struct ServerArgs {
         value_name = "ID=ADDR"
     )]
     pub peer_dial: Vec<String>,
+    /// TLS certificate (PEM, the chain) of the api and transport ports; with --tls-key
+    /// they speak only HTTPS/WSS.
+    #[arg(long, env = "RAFTJOB_TLS_CERT", value_name = "FILE")]
+    pub tls_cert: Option<PathBuf>,
+    /// TLS private key (PEM) of the api and transport ports.
+    #[arg(long, env = "RAFTJOB_TLS_KEY", value_name = "FILE")]
+    pub tls_key: Option<PathBuf>,
+    /// This node's certificate on the cluster port (server and client: mutual TLS).
+    #[arg(long, env = "RAFTJOB_TLS_CLUSTER_CERT", value_name = "FILE")]
+    pub tls_cluster_cert: Option<PathBuf>,
+    /// The private key of --tls-cluster-cert.
+    #[arg(long, env = "RAFTJOB_TLS_CLUSTER_KEY", value_name = "FILE")]
+    pub tls_cluster_key: Option<PathBuf>,
+    /// The CA that signed every server's cluster certificate.
+    #[arg(long, env = "RAFTJOB_TLS_CLUSTER_CA", value_name = "FILE")]
+    pub tls_cluster_ca: Option<PathBuf>,
     /// TEST ONLY: serve POST /api/v1/debug/clock, which shifts this node's wall clock.
     #[arg(
         long,
@@ -354,7 +433,11 @@ pub struct ServerConfig {
     pub transports: BTreeMap<String, SocketAddr>,
     pub initial_members: BTreeMap<u64, String>,
     pub cluster_secret: String,
+    /// A second secret the cluster port accepts during a rotation.
+    pub cluster_secret_next: Option<String>,
     pub admin_token: String,
+    /// A second admin token the API accepts during a rotation.
+    pub admin_token_next: Option<String>,
     pub log_format: LogFormat,
     pub raft: RaftTuning,
     pub workers: WorkerTuning,
@@ -366,6 +449,8 @@ pub struct ServerConfig {
     pub peer_dial: BTreeMap<u64, String>,
     /// Test-only settings.
     pub testing: TestingConfig,
+    /// Optional TLS on the ports (files checked in pairs here, read at start-up).
+    pub tls: TlsConfig,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -375,6 +460,22 @@ pub enum LogFormat {
 }
 
 impl ServerConfig {
+    /// The admin tokens the API accepts: `admin_token`, and `admin_token_next` during
+    /// a rotation.
+    pub fn admin_tokens(&self) -> Vec<&str> {
+        std::iter::once(self.admin_token.as_str())
+            .chain(self.admin_token_next.as_deref())
+            .collect()
+    }
+
+    /// The secrets the cluster port accepts: `cluster_secret`, and
+    /// `cluster_secret_next` during a rotation.
+    pub fn cluster_secrets(&self) -> Vec<&str> {
+        std::iter::once(self.cluster_secret.as_str())
+            .chain(self.cluster_secret_next.as_deref())
+            .collect()
+    }
+
     /// Reads the file named by `args.config` (if any), applies the flags and env, and
     /// validates the result.
     pub fn load(args: &ServerArgs) -> Result<Self, ConfigError> {
@@ -519,6 +620,23 @@ impl ServerConfig {
                 "use at least 16 characters (e.g. `openssl rand -hex 32`)",
             ));
         }
+        let admin_token_next = args.admin_token_next.clone().or(file.admin_token_next);
+        let cluster_secret_next = args
+            .cluster_secret_next
+            .clone()
+            .or(file.cluster_secret_next);
+        for (key, value) in [
+            ("admin_token_next", &admin_token_next),
+            ("cluster_secret_next", &cluster_secret_next),
+        ] {
+            if value.as_ref().is_some_and(|v| v.len() < 16) {
+                return Err(invalid(
+                    key,
+                    "<hidden>",
+                    "use at least 16 characters (e.g. `openssl rand -hex 32`)",
+                ));
+            }
+        }
 
         // Ports must not collide: each listener has one purpose.
         let mut seen: BTreeMap<SocketAddr, String> = BTreeMap::new();
@@ -597,7 +715,25 @@ impl ServerConfig {
                 *slot = v;
             }
         }
-        if workers.lease_ms < 2 * workers.heartbeat_ms {
+        // Worker timings are added to clocks (leases, deadlines): bounded to a day, so
+        // no sum can overflow and no typo makes a lease last for centuries.
+        const DAY_MS: u64 = 24 * 3600 * 1000;
+        for (key, value) in [
+            ("workers.heartbeat_ms", workers.heartbeat_ms),
+            ("workers.lease_ms", workers.lease_ms),
+            ("workers.grace_ms", workers.grace_ms),
+            ("workers.dispatch_timeout_ms", workers.dispatch_timeout_ms),
+            ("workers.no_worker_timeout_ms", workers.no_worker_timeout_ms),
+        ] {
+            if value > DAY_MS {
+                return Err(invalid(
+                    key,
+                    value.to_string(),
+                    "must be at most 86400000 (one day, in milliseconds)",
+                ));
+            }
+        }
+        if workers.lease_ms < workers.heartbeat_ms.saturating_mul(2) {
             return Err(invalid(
                 "workers.lease_ms",
                 workers.lease_ms.to_string(),
@@ -688,6 +824,19 @@ impl ServerConfig {
         let peer_dial = resolve_peer_dial(file.peer_dial, &args.peer_dial)?;
         let mut testing = file.testing.unwrap_or_default();
         testing.clock_control |= args.test_clock_control;
+        let mut tls = file.tls.unwrap_or_default();
+        for (value, slot) in [
+            (&args.tls_cert, &mut tls.cert_file),
+            (&args.tls_key, &mut tls.key_file),
+            (&args.tls_cluster_cert, &mut tls.cluster_cert_file),
+            (&args.tls_cluster_key, &mut tls.cluster_key_file),
+            (&args.tls_cluster_ca, &mut tls.cluster_ca_file),
+        ] {
+            if let Some(v) = value {
+                *slot = Some(v.clone());
+            }
+        }
+        tls.validate()?;
 
         Ok(Self {
             node_id,
@@ -700,7 +849,9 @@ impl ServerConfig {
             transports,
             initial_members,
             cluster_secret,
+            cluster_secret_next,
             admin_token,
+            admin_token_next,
             log_format,
             raft,
             workers,
@@ -709,6 +860,7 @@ impl ServerConfig {
             bootstrap_apps,
             peer_dial,
             testing,
+            tls,
         })
     }
 

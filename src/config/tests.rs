@@ -342,3 +342,53 @@ fn metrics_require_token_flag_parses_booleans() {
     );
     assert!(parse(&["--metrics-require-token=maybe"]).is_err());
 }
+
+#[test]
+fn tls_files_come_in_pairs_and_flags_override_the_file() {
+    let mut f = base();
+    f.tls = Some(
+        toml::from_str(
+            r#"
+            cert_file = "/etc/raftjob/api.pem"
+            key_file = "/etc/raftjob/api.key"
+            cluster_cert_file = "/etc/raftjob/node.pem"
+            cluster_key_file = "/etc/raftjob/node.key"
+            cluster_ca_file = "/etc/raftjob/ca.pem"
+            "#,
+        )
+        .unwrap(),
+    );
+    let args = ServerArgs {
+        tls_cert: Some("/flag/api.pem".into()),
+        ..Default::default()
+    };
+    let cfg = ServerConfig::resolve(f, &args).unwrap();
+    assert!(cfg.tls.public_enabled() && cfg.tls.cluster_enabled());
+    assert_eq!(cfg.tls.cert_file, Some("/flag/api.pem".into()));
+    assert_eq!(cfg.tls.key_file, Some("/etc/raftjob/api.key".into()));
+
+    let plain = ServerConfig::resolve(base(), &ServerArgs::default()).unwrap();
+    assert!(!plain.tls.public_enabled() && !plain.tls.cluster_enabled());
+
+    let e = err(
+        base(),
+        ServerArgs {
+            tls_cert: Some("/a.pem".into()),
+            ..Default::default()
+        },
+    );
+    assert!(e.contains("tls.key_file") && e.contains("--tls-key"), "{e}");
+    let e = err(
+        base(),
+        ServerArgs {
+            tls_cluster_cert: Some("/a.pem".into()),
+            tls_cluster_key: Some("/a.key".into()),
+            ..Default::default()
+        },
+    );
+    assert!(e.contains("tls.cluster_ca_file"), "{e}");
+    let e = toml::from_str::<FileConfig>("[tls]\ncert = \"/a.pem\"")
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("cert_file"), "{e}");
+}

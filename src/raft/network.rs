@@ -71,7 +71,9 @@ impl SnapshotChunk {
 /// Builds per-peer clients over one shared connection pool.
 #[derive(Clone)]
 pub struct Network {
-    http: reqwest::Client,
+    http: crate::tls::HttpClient,
+    /// `https` under cluster TLS ([`Network::with_tls`]), else `http`.
+    scheme: &'static str,
     secret: Arc<str>,
     /// `peer_dial` overrides: node id -> address dialled instead of the membership's.
     dial: Arc<BTreeMap<NodeId, String>>,
@@ -85,17 +87,31 @@ impl Network {
     /// A network that dials the nodes in `dial` at those addresses instead of the
     /// cluster addresses in the membership (which stays as it is).
     pub fn with_peer_dial(secret: &str, dial: BTreeMap<NodeId, String>) -> Self {
-        let http = reqwest::Client::builder()
+        Self {
+            http: Self::client(crate::tls::default_http_builder()),
+            scheme: "http",
+            secret: secret.into(),
+            dial: Arc::new(dial),
+        }
+    }
+
+    /// Cluster TLS: dial peers over https, trusting the cluster CA and presenting this
+    /// node's certificate (`tls` from [`crate::server::tls::load`]); `None` keeps http.
+    pub fn with_tls(mut self, tls: Option<tokio_rustls::rustls::ClientConfig>) -> Self {
+        if let Some(tls) = tls {
+            self.http = Self::client(crate::tls::http_builder(tls));
+            self.scheme = "https";
+        }
+        self
+    }
+
+    fn client(builder: reqwest_tls::ClientBuilder) -> crate::tls::HttpClient {
+        builder
             .connect_timeout(Duration::from_millis(500))
             .pool_idle_timeout(Duration::from_secs(30))
             .tcp_nodelay(true)
             .build()
-            .expect("reqwest client builds");
-        Self {
-            http,
-            secret: secret.into(),
-            dial: Arc::new(dial),
-        }
+            .expect("reqwest client builds")
     }
 }
 
@@ -105,6 +121,7 @@ impl RaftNetworkFactory<TypeConfig> for Network {
     async fn new_client(&mut self, target: NodeId, node: &BasicNode) -> Self::Network {
         PeerClient {
             http: self.http.clone(),
+            scheme: self.scheme,
             secret: self.secret.clone(),
             target,
             addr: self.dial.get(&target).unwrap_or(&node.addr).clone(),
@@ -113,7 +130,8 @@ impl RaftNetworkFactory<TypeConfig> for Network {
 }
 
 pub struct PeerClient {
-    http: reqwest::Client,
+    http: crate::tls::HttpClient,
+    scheme: &'static str,
     secret: Arc<str>,
     target: NodeId,
     addr: String,
@@ -131,7 +149,7 @@ impl PeerClient {
         Resp: DeserializeOwned,
         E: std::error::Error + DeserializeOwned,
     {
-        let url = format!("http://{}{}", self.addr, path);
+        let url = format!("{}://{}{}", self.scheme, self.addr, path);
         let resp = self
             .http
             .post(url)

@@ -72,6 +72,8 @@ fn encode_key(key: &Key) -> Vec<u8> {
         Key::Request(id) => (b"req/", id.as_bytes().to_vec()),
         Key::Worker(id) => (b"worker/", id.as_bytes().to_vec()),
         Key::Skips(id) => (b"skips/", id.to_be_bytes().to_vec()),
+        Key::Token(id) => (b"token/", id.to_be_bytes().to_vec()),
+        Key::Audit(seq) => (b"audit/", seq.to_be_bytes().to_vec()),
     };
     [prefix, &rest].concat()
 }
@@ -95,6 +97,12 @@ fn decode_key(raw: &[u8]) -> Option<Key> {
     }
     if let Some(rest) = raw.strip_prefix(b"skips/") {
         return id(rest).map(Key::Skips);
+    }
+    if let Some(rest) = raw.strip_prefix(b"token/") {
+        return id(rest).map(Key::Token);
+    }
+    if let Some(rest) = raw.strip_prefix(b"audit/") {
+        return id(rest).map(Key::Audit);
     }
     if let Some(rest) = raw.strip_prefix(b"worker/") {
         return Some(Key::Worker(String::from_utf8_lossy(rest).into_owned()));

@@ -29,7 +29,7 @@ pub async fn run(node: Arc<Node>) {
 async fn probe(node: &Node, addr: &str) -> Option<Probe> {
     let resp = node
         .forward
-        .get(format!("http://{addr}{PATH_PROBE}"))
+        .get(super::tls::cluster_url(&node.config, addr, PATH_PROBE))
         .header(SECRET_HEADER, &node.config.cluster_secret)
         .timeout(Duration::from_millis(800))
         .send()
@@ -176,6 +176,7 @@ async fn publish_once(node: &Node) -> Result<(), super::propose::ProposeError> {
         let request = RequestMeta {
             id: format!("node/{}/addrs/{}", node.id, body_hash),
             body_hash,
+            token_id: None,
         };
         node.propose(cmd, Some(request)).await?;
         tracing::info!(node_id = node.id, "Published this node's addresses.");
@@ -209,6 +210,7 @@ async fn provision_apps(node: &Node) -> Result<(), super::propose::ProposeError>
         let request = RequestMeta {
             id: format!("bootstrap-app/{}", app.name),
             body_hash,
+            token_id: None,
         };
         let resp = node.propose(cmd, Some(request)).await?;
         match resp.outcome {

@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod propose;
 pub mod read_index;
 pub mod scheduler;
+pub mod tls;
 pub mod transport;
 pub mod worker_registry;
 pub mod write_batch;
@@ -47,6 +48,8 @@ pub enum StartError {
     RaftConfig(#[from] openraft::ConfigError),
     #[error("cannot start Raft: {0}")]
     Raft(#[from] openraft::error::Fatal<NodeId>),
+    #[error("TLS: {0}")]
+    Tls(#[from] crate::tls::TlsError),
     #[error("cannot listen on {key} {addr}: {source} (is another process using the port?)")]
     Bind {
         key: String,
@@ -61,8 +64,9 @@ pub struct Node {
     pub config: ServerConfig,
     pub raft: Raft,
     pub state: SharedState,
-    /// Client for forwarding to the leader's cluster port (its own pool, apart from Raft RPC).
-    pub forward: reqwest::Client,
+    /// Client for forwarding to the leader's cluster port (its own pool, apart from Raft
+    /// RPC); https with the cluster CA and this node's certificate under cluster TLS.
+    pub forward: crate::tls::HttpClient,
     pub reads: read_index::ReadIndexBatcher,
     /// Leader-side write batching in front of Raft.
     pub batcher: write_batch::WriteBatcher,
@@ -139,6 +143,8 @@ async fn bind(key: &str, addr: SocketAddr) -> Result<TcpListener, StartError> {
 
 /// Opens storage, starts Raft and every listener, and begins bootstrap.
 pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
+    // TLS files first: a bad certificate or key stops start-up naming the setting.
+    let server_tls = tls::load(&config.tls)?;
     let db = storage::open_db(&config.data_dir)?;
     let log_store = LogStore::new(db.clone());
     let sm = StateMachineStore::open(db, &config.data_dir).await?;
@@ -147,7 +153,8 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let raft = Raft::new(
         config.node_id,
         raft_cfg,
-        Network::with_peer_dial(&config.cluster_secret, config.peer_dial.clone()),
+        Network::with_peer_dial(&config.cluster_secret, config.peer_dial.clone())
+            .with_tls(server_tls.cluster_client.clone()),
         log_store,
         sm,
     )
@@ -174,7 +181,7 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
         }
     }
 
-    let forward = reqwest::Client::builder()
+    let forward = tls::cluster_http_builder(&server_tls)
         .connect_timeout(Duration::from_millis(500))
         .tcp_nodelay(true)
         .build()
@@ -212,17 +219,20 @@ pub async fn start(config: ServerConfig) -> Result<RunningServer, StartError> {
     let mut tasks = tokio::task::JoinSet::new();
     tasks.spawn(serve(
         api_listener,
+        server_tls.public.clone(),
         metrics::track_http(api::router(node.clone()), "api"),
         node.shutdown.clone(),
     ));
     tasks.spawn(serve(
         cluster_listener,
+        server_tls.cluster.clone(),
         metrics::track_http(cluster::router(node.clone()), "cluster"),
         node.shutdown.clone(),
     ));
     for (proto, listener) in transport_listeners {
         tasks.spawn(serve(
             listener,
+            server_tls.public.clone(),
             metrics::track_http(
                 transport::router(node.clone(), &proto),
                 metrics::transport_listener(&proto),
@@ -259,19 +269,35 @@ async fn watch_fatal(node: Arc<Node>) {
     }
 }
 
-async fn serve(listener: TcpListener, router: axum::Router, shutdown: CancellationToken) {
+async fn serve(
+    listener: TcpListener,
+    tls: Option<tokio_rustls::TlsAcceptor>,
+    router: axum::Router,
+    shutdown: CancellationToken,
+) {
     use axum::serve::ListenerExt;
-    // No Nagle: worker reports and dispatches are small frames that must not wait
-    // for delayed ACKs (that cost about 40 ms per report).
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    let result = axum::serve(
-        listener,
-        router.into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(async move { shutdown.cancelled().await })
-    .await;
+    let service = router.into_make_service_with_connect_info::<SocketAddr>();
+    let stop = async move { shutdown.cancelled().await };
+    let result = match tls {
+        // HTTPS only: the handshake runs before axum sees the connection (Nagle off too).
+        Some(acceptor) => {
+            let what = fmt_addr(listener.local_addr().ok());
+            let listener = tls::TlsListener::new(listener, acceptor, what).tap_io(|_| {});
+            axum::serve(listener, service)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+        None => {
+            // No Nagle: worker reports and dispatches are small frames that must not wait
+            // for delayed ACKs (that cost about 40 ms per report).
+            let listener = listener.tap_io(|tcp| {
+                let _ = tcp.set_nodelay(true);
+            });
+            axum::serve(listener, service)
+                .with_graceful_shutdown(stop)
+                .await
+        }
+    };
     if let Err(e) = result {
         tracing::error!(error = %e, "Listener failed.");
     }
@@ -312,8 +338,19 @@ fn log_port_table(node: &Node) {
             "protocol not enabled"
         ));
     }
+    let tls = &node.config.tls;
     tracing::info!(
         node_id = node.id,
+        api_and_transports = if tls.public_enabled() {
+            "https/wss only"
+        } else {
+            "plain http"
+        },
+        cluster = if tls.cluster_enabled() {
+            "mutual TLS"
+        } else {
+            "plain http"
+        },
         "Listening:\n  {:<16} {:<22} {}\n{}",
         "PORT",
         "ADDRESS",

@@ -173,9 +173,9 @@ impl Node {
         path: &str,
         body: &Req,
         timeout: Duration,
-    ) -> Result<ForwardReply<T>, reqwest::Error> {
+    ) -> Result<ForwardReply<T>, crate::tls::HttpError> {
         self.forward
-            .post(format!("http://{addr}{path}"))
+            .post(super::tls::cluster_url(&self.config, addr, path))
             .header(SECRET_HEADER, &self.config.cluster_secret)
             .timeout(timeout)
             .json(body)

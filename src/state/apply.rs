@@ -3,6 +3,7 @@
 use super::command::AttemptEvent;
 use super::command::{Command, Outcome, Proposal, Response, StateError};
 use super::command::{FireItem, FiredDispatch};
+use super::model::{ApiToken, AuditRecord, Role, TokenId, AUDIT_CAP};
 use super::model::{
     App, Attempt, ConcurrencyPolicy, ExecutionMode, FencingToken, Instance, InstanceId,
     InstanceStatus, Job, JobId, JobSpec, Millis, NodeAddrs, SkipKind, SkipRecord, Trigger,
@@ -46,7 +47,11 @@ pub fn apply(state: &mut State, proposal: &Proposal, term: u64, index: u64) -> R
         return Response::new(Outcome::Batch { responses });
     }
 
-    let response = Response::new(execute(state, &proposal.cmd, FencingToken { term, index }));
+    let response = Response::new(execute_as_caller(
+        state,
+        proposal,
+        FencingToken { term, index },
+    ));
 
     if let Some(req) = &proposal.request {
         let at_ms = state.meta.now_ms;
@@ -75,6 +80,168 @@ fn expire_requests(state: &mut State) {
         if state.requests.get(&id).is_some_and(|r| r.at_ms == at) {
             state.requests.remove(&id);
             state.touch(Key::Request(id));
+        }
+    }
+}
+
+/// What a user write acts on, for the audit trail and the scope of a token.
+struct Target {
+    action: &'static str,
+    app_id: u64,
+    job_id: JobId,
+    instance_id: Option<InstanceId>,
+}
+
+/// The job or instance a user command acts on, as the state stands before it runs;
+/// `None` for commands that are not audited or whose target does not exist.
+fn audit_target(state: &State, cmd: &Command) -> Option<Target> {
+    let job = |action, id: &JobId| {
+        state.jobs.get(id).map(|j| Target {
+            action,
+            app_id: j.app_id,
+            job_id: j.id,
+            instance_id: None,
+        })
+    };
+    let instance = |action, id: &InstanceId| {
+        state.instances.get(id).map(|i| Target {
+            action,
+            app_id: i.app_id,
+            job_id: i.job_id,
+            instance_id: Some(i.id),
+        })
+    };
+    match cmd {
+        Command::CreateJob { spec } => state.app_by_name(&spec.app).map(|a| Target {
+            action: "job.create",
+            app_id: a.id,
+            job_id: 0,
+            instance_id: None,
+        }),
+        Command::UpdateJob { id, .. } => job("job.update", id),
+        Command::DeleteJob { id } => job("job.delete", id),
+        Command::SetJobEnabled { id, enabled: true } => job("job.enable", id),
+        Command::SetJobEnabled { id, enabled: false } => job("job.disable", id),
+        Command::RunJob { job_id, .. } => job("job.run", job_id),
+        Command::StopInstance { id } => instance("instance.stop", id),
+        Command::CancelInstance { id } => instance("instance.cancel", id),
+        Command::RetryInstance { id } => instance("instance.retry", id),
+        _ => None,
+    }
+}
+
+/// The role a scoped token needs for a command; `None`: admin only.
+fn required_role(cmd: &Command) -> Option<Role> {
+    match cmd {
+        Command::CreateJob { .. } | Command::UpdateJob { .. } | Command::DeleteJob { .. } => {
+            Some(Role::Manage)
+        }
+        Command::SetJobEnabled { .. }
+        | Command::RunJob { .. }
+        | Command::StopInstance { .. }
+        | Command::CancelInstance { .. }
+        | Command::RetryInstance { .. } => Some(Role::Operate),
+        _ => None,
+    }
+}
+
+/// Checks a scoped token's write against the committed state: the token still
+/// exists, is neither revoked nor expired (replicated clock), has the role, and the
+/// command stays inside its app. Another app's job or instance is "not found", so its
+/// ids do not leak. The API checks the same before proposing; this makes the check
+/// hold even when the receiving node's state lagged behind.
+fn check_scope(
+    state: &State,
+    token_id: TokenId,
+    cmd: &Command,
+    target: Option<&Target>,
+) -> Result<(), StateError> {
+    let forbidden = |message: String| StateError::Forbidden { message };
+    let token = state
+        .tokens
+        .get(&token_id)
+        .ok_or_else(|| forbidden(format!("token {token_id} does not exist")))?;
+    if !token.valid_at(state.meta.now_ms) {
+        return Err(forbidden(format!("token {token_id} is revoked or expired")));
+    }
+    let role = required_role(cmd)
+        .ok_or_else(|| forbidden("only the admin token may do this".to_string()))?;
+    if token.role < role {
+        return Err(forbidden(format!(
+            "token {token_id} has role {:?}; this needs {:?}",
+            token.role, role
+        )));
+    }
+    if let Some(t) = target {
+        if t.app_id != token.app_id {
+            return Err(match cmd {
+                Command::CreateJob { spec } => {
+                    forbidden(format!("token {token_id} cannot act on app {}", spec.app))
+                }
+                _ if t.instance_id.is_some() => {
+                    StateError::not_found("instance", t.instance_id.unwrap_or_default())
+                }
+                _ => StateError::not_found("job", t.job_id),
+            });
+        }
+    }
+    let named_app = match cmd {
+        Command::CreateJob { spec } | Command::UpdateJob { spec, .. } => Some(&spec.app),
+        _ => None,
+    };
+    if let Some(name) = named_app {
+        if state.app_by_name(name).map(|a| a.id) != Some(token.app_id) {
+            return Err(forbidden(format!(
+                "token {token_id} cannot act on app {name}"
+            )));
+        }
+    }
+    Ok(())
+}
+
+/// Executes a proposal's command as its caller: a scoped token's write is checked
+/// first, and every audited user write that succeeds is added to the audit trail.
+fn execute_as_caller(state: &mut State, proposal: &Proposal, pos: FencingToken) -> Outcome {
+    let token_id = proposal.request.as_ref().and_then(|r| r.token_id);
+    let target = audit_target(state, &proposal.cmd);
+    if let Some(token_id) = token_id {
+        if let Err(e) = check_scope(state, token_id, &proposal.cmd, target.as_ref()) {
+            return Outcome::rejected(e);
+        }
+    }
+    let outcome = execute(state, &proposal.cmd, pos);
+    if let (Some(_), Some(target)) = (&proposal.request, target) {
+        if !matches!(outcome, Outcome::Rejected { .. }) {
+            record_audit(state, target, token_id, &outcome);
+        }
+    }
+    outcome
+}
+
+fn record_audit(state: &mut State, t: Target, token_id: Option<TokenId>, outcome: &Outcome) {
+    let seq = state.audit.last_key_value().map_or(1, |(k, _)| k + 1);
+    let mut rec = AuditRecord {
+        seq,
+        at_ms: state.meta.now_ms,
+        actor: token_id.map_or_else(|| "admin".to_string(), |id| format!("token/{id}")),
+        token_id,
+        action: t.action.to_string(),
+        app_id: t.app_id,
+        job_id: t.job_id,
+        instance_id: t.instance_id,
+        created_instance_id: None,
+    };
+    match outcome {
+        Outcome::Job { job } => rec.job_id = job.id,
+        Outcome::InstanceCreated { id } if t.instance_id.is_none() => rec.instance_id = Some(*id),
+        Outcome::InstanceCreated { id } => rec.created_instance_id = Some(*id),
+        _ => {}
+    }
+    state.audit.insert(seq, rec);
+    state.touch(Key::Audit(seq));
+    while state.audit.len() > AUDIT_CAP {
+        if let Some((old, _)) = state.audit.pop_first() {
+            state.touch(Key::Audit(old));
         }
     }
 }
@@ -131,6 +298,7 @@ fn execute(state: &mut State, cmd: &Command, pos: FencingToken) -> Outcome {
                 name: name.clone(),
                 worker_token_hash: worker_token_hash.clone(),
                 created_at_ms: now,
+                previous_worker_token_hash: None,
             };
             state.apps.insert(id, app.clone());
             state.touch(Key::App(id));
@@ -385,6 +553,71 @@ fn execute(state: &mut State, cmd: &Command, pos: FencingToken) -> Outcome {
             field: "type".into(),
             message: "a batch cannot contain a batch".into(),
         }),
+        Command::CreateToken {
+            name,
+            app,
+            role,
+            token_hash,
+            expires_at_ms,
+        } => {
+            let Some(app_id) = state.app_by_name(app).map(|a| a.id) else {
+                return Outcome::rejected(StateError::not_found("app", app));
+            };
+            if state.token_by_hash(token_hash).is_some() {
+                return Outcome::rejected(StateError::AlreadyExists {
+                    entity: "token".into(),
+                    key: name.clone(),
+                });
+            }
+            let id = next_id(state);
+            let token = ApiToken {
+                id,
+                name: name.clone(),
+                app_id,
+                role: *role,
+                token_hash: token_hash.clone(),
+                created_at_ms: now,
+                expires_at_ms: *expires_at_ms,
+                revoked_at_ms: None,
+            };
+            state.insert_token(token.clone());
+            Outcome::Token { token }
+        }
+        Command::RevokeToken { id } => {
+            let Some(token) = state.tokens.get_mut(id) else {
+                return Outcome::rejected(StateError::not_found("token", id));
+            };
+            if token.revoked_at_ms.is_none() {
+                token.revoked_at_ms = Some(now);
+            }
+            let token = token.clone();
+            state.touch(Key::Token(*id));
+            Outcome::Token { token }
+        }
+        Command::RotateAppToken {
+            app,
+            worker_token_hash,
+        } => {
+            let Some(a) = state.apps.values_mut().find(|a| a.name == *app) else {
+                return Outcome::rejected(StateError::not_found("app", app));
+            };
+            if a.worker_token_hash != *worker_token_hash {
+                let old = std::mem::replace(&mut a.worker_token_hash, worker_token_hash.clone());
+                a.previous_worker_token_hash = Some(old);
+            }
+            let app = a.clone();
+            state.touch(Key::App(app.id));
+            Outcome::App { app }
+        }
+        Command::RetireAppToken { app } => {
+            let Some(a) = state.apps.values_mut().find(|a| a.name == *app) else {
+                return Outcome::rejected(StateError::not_found("app", app));
+            };
+            a.previous_worker_token_hash = None;
+            let app = a.clone();
+            state.touch(Key::App(app.id));
+            Outcome::App { app }
+        }
         Command::Unknown => Outcome::rejected(StateError::Invalid {
             field: "type".into(),
             message: "unknown command".into(),

@@ -7,13 +7,16 @@ use std::collections::BTreeMap;
 use serde::{Deserialize, Serialize};
 
 use super::model::{
-    App, Attempt, FencingToken, Instance, InstanceId, Job, JobId, JobSpec, LogLine, Millis, NodeId,
-    SkipKind, WorkerReg,
+    ApiToken, App, Attempt, FencingToken, Instance, InstanceId, Job, JobId, JobSpec, LogLine,
+    Millis, NodeId, Role, SkipKind, TokenId, WorkerReg,
 };
 
 /// The version of the command set this build writes and understands. A node that
 /// meets a higher version stops instead of applying it wrongly.
-pub const COMMAND_VERSION: u32 = 1;
+///
+/// 2: scoped API tokens (`CreateToken`, `RevokeToken`), app worker-token rotation
+/// (`RotateAppToken`, `RetireAppToken`) and the acting token in [`RequestMeta`].
+pub const COMMAND_VERSION: u32 = 2;
 
 /// One Raft log entry's payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -58,6 +61,10 @@ pub struct RequestMeta {
     pub id: String,
     /// SHA-256 of method, path and body: the same key with another body is refused.
     pub body_hash: String,
+    /// The scoped API token that made the request; none for the admin token. Apply
+    /// limits the command to the token's app and records it in the audit trail.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<TokenId>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -180,6 +187,30 @@ pub enum Command {
     Batch {
         proposals: Vec<Proposal>,
     },
+    /// A scoped API token (admin only). Only the hash of its secret is replicated.
+    CreateToken {
+        name: String,
+        /// The app, by name.
+        app: String,
+        role: Role,
+        token_hash: String,
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        expires_at_ms: Option<Millis>,
+    },
+    /// Revokes a scoped API token (admin only); revoking twice is a no-op.
+    RevokeToken {
+        id: TokenId,
+    },
+    /// Starts a worker-token rotation: `worker_token_hash` becomes the app's token and
+    /// the current one stays valid (as the previous token) until `RetireAppToken`.
+    RotateAppToken {
+        app: String,
+        worker_token_hash: String,
+    },
+    /// Ends a rotation: the previous worker token is no longer accepted.
+    RetireAppToken {
+        app: String,
+    },
     /// A command this build does not know (from a newer version).
     #[serde(other)]
     Unknown,
@@ -287,6 +318,9 @@ pub enum Outcome {
     Pruned {
         instances: usize,
     },
+    Token {
+        token: ApiToken,
+    },
     /// Whether a report was for a current attempt.
     ReportAccepted {
         accepted: bool,
@@ -338,6 +372,9 @@ pub enum StateError {
     /// The request conflicts with the entity's current state (e.g. cancel a running instance).
     #[error("{message}")]
     Conflict { message: String },
+    /// The caller's token may not do this (revoked or expired meanwhile, or out of scope).
+    #[error("{message}")]
+    Forbidden { message: String },
 }
 
 impl StateError {

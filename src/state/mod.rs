@@ -56,6 +56,10 @@ pub enum Key {
     Worker(String),
     /// A job's skip records.
     Skips(JobId),
+    /// A scoped API token.
+    Token(TokenId),
+    /// One audit record, by sequence number.
+    Audit(u64),
 }
 
 /// The whole replicated state.
@@ -72,6 +76,15 @@ pub struct State {
     /// Fire times recorded as skipped, per job, oldest first (at most [`SKIPS_PER_JOB`]).
     #[serde(default)]
     pub skips: BTreeMap<JobId, Vec<SkipRecord>>,
+    /// Scoped API tokens (revoked ones included).
+    #[serde(default)]
+    pub tokens: BTreeMap<TokenId, ApiToken>,
+    /// The audit trail by sequence number, oldest first (at most [`AUDIT_CAP`]).
+    #[serde(default)]
+    pub audit: BTreeMap<u64, AuditRecord>,
+    /// Token ids by secret hash. Derived; rebuilt on load.
+    #[serde(skip)]
+    token_hashes: BTreeMap<String, TokenId>,
     /// Instances not yet in a terminal state. Derived; rebuilt on load.
     #[serde(skip)]
     pub active: BTreeSet<InstanceId>,
@@ -100,6 +113,11 @@ pub struct State {
 impl State {
     /// Rebuilds derived indexes after the state was loaded from storage or a snapshot.
     pub fn rebuild_indexes(&mut self) {
+        self.token_hashes = self
+            .tokens
+            .values()
+            .map(|t| (t.token_hash.clone(), t.id))
+            .collect();
         self.request_expiry = self
             .requests
             .iter()
@@ -188,6 +206,19 @@ impl State {
         self.touched.insert(key);
     }
 
+    /// The scoped token whose secret hashes to `hash` (revoked or expired ones too).
+    pub fn token_by_hash(&self, hash: &str) -> Option<&ApiToken> {
+        self.token_hashes
+            .get(hash)
+            .and_then(|id| self.tokens.get(id))
+    }
+
+    pub(crate) fn insert_token(&mut self, token: ApiToken) {
+        self.token_hashes.insert(token.token_hash.clone(), token.id);
+        self.touch(Key::Token(token.id));
+        self.tokens.insert(token.id, token);
+    }
+
     pub fn app_by_name(&self, name: &str) -> Option<&App> {
         self.apps.values().find(|a| a.name == name)
     }
@@ -229,6 +260,8 @@ impl State {
             Key::Request(id) => return self.requests.get(id).map(to_json),
             Key::Worker(id) => return self.workers.get(id).map(to_json),
             Key::Skips(id) => return self.skips.get(id).map(to_json),
+            Key::Token(id) => return self.tokens.get(id).map(to_json),
+            Key::Audit(seq) => return self.audit.get(seq).map(to_json),
         };
         Some(bytes.expect("state records always serialise"))
     }
@@ -258,6 +291,12 @@ impl State {
             Key::Skips(id) => {
                 self.skips.insert(id, serde_json::from_slice(bytes)?);
             }
+            Key::Token(id) => {
+                self.tokens.insert(id, serde_json::from_slice(bytes)?);
+            }
+            Key::Audit(seq) => {
+                self.audit.insert(seq, serde_json::from_slice(bytes)?);
+            }
         }
         Ok(())
     }
@@ -273,6 +312,8 @@ impl State {
         keys.extend(self.requests.keys().map(|id| Key::Request(id.clone())));
         keys.extend(self.workers.keys().map(|id| Key::Worker(id.clone())));
         keys.extend(self.skips.keys().map(|id| Key::Skips(*id)));
+        keys.extend(self.tokens.keys().map(|id| Key::Token(*id)));
+        keys.extend(self.audit.keys().map(|seq| Key::Audit(*seq)));
         keys
     }
 }

@@ -26,6 +26,10 @@ pub struct App {
     /// SHA-256 of the worker token; the token itself is shown once and never stored.
     pub worker_token_hash: String,
     pub created_at_ms: Millis,
+    /// During a worker-token rotation: the hash of the previous token, still accepted
+    /// until the rotation is retired.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub previous_worker_token_hash: Option<String>,
 }
 
 /// When a job fires.
@@ -382,3 +386,69 @@ pub struct NodeAddrs {
     #[serde(default)]
     pub transports: BTreeMap<String, String>,
 }
+
+pub type TokenId = u64;
+
+/// What a scoped API token may do within its app. Each role includes the ones before it.
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize, ToSchema,
+)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// GET the app's jobs, instances, logs, workers, skipped fires and schedules.
+    Read,
+    /// Read, plus run, stop, cancel, retry, enable and disable.
+    Operate,
+    /// Operate, plus create, update and delete the app's jobs.
+    Manage,
+}
+
+/// An API token limited to one app and one role. Only a hash of its secret is stored.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ApiToken {
+    pub id: TokenId,
+    pub name: String,
+    pub app_id: AppId,
+    pub role: Role,
+    /// SHA-256 of the secret; the secret itself is shown once and never stored.
+    pub token_hash: String,
+    pub created_at_ms: Millis,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub expires_at_ms: Option<Millis>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub revoked_at_ms: Option<Millis>,
+}
+
+impl ApiToken {
+    /// Whether the token is usable at `now_ms` (not revoked, not expired).
+    pub fn valid_at(&self, now_ms: Millis) -> bool {
+        self.revoked_at_ms.is_none() && self.expires_at_ms.is_none_or(|e| now_ms < e)
+    }
+}
+
+/// One entry of the audit trail: who changed a job or ran, stopped, canceled or
+/// retried something, and when (replicated-clock time).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, ToSchema)]
+pub struct AuditRecord {
+    /// Increasing sequence number (the order of the log).
+    pub seq: u64,
+    pub at_ms: Millis,
+    /// `admin`, or `token/<id>` for a scoped token.
+    pub actor: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub token_id: Option<TokenId>,
+    /// `job.create`, `job.update`, `job.delete`, `job.enable`, `job.disable`, `job.run`,
+    /// `instance.stop`, `instance.cancel` or `instance.retry`.
+    pub action: String,
+    pub app_id: AppId,
+    pub job_id: JobId,
+    /// The instance acted on (stop, cancel, retry) or created (run).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub instance_id: Option<InstanceId>,
+    /// The instance a retry created.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub created_instance_id: Option<InstanceId>,
+}
+
+/// How many audit records the state keeps (the oldest go first).
+pub const AUDIT_CAP: usize = 10_000;

@@ -32,6 +32,7 @@ fn with_req(mut p: Proposal, id: &str, hash: &str) -> Proposal {
     p.request = Some(RequestMeta {
         id: id.into(),
         body_hash: hash.into(),
+        token_id: None,
     });
     p
 }
@@ -960,4 +961,334 @@ fn instances_of_a_job_come_from_the_indexes_newest_first() {
     assert_eq!(s.instances_of_job(j2), vec![b]);
     s.rebuild_indexes();
     assert_eq!(s.instances_of_job(j1), vec![c, a]);
+}
+
+// ---- Scoped API tokens, the audit trail and worker-token rotation ----
+
+fn as_token(p: Proposal, id: &str, token_id: Option<TokenId>) -> Proposal {
+    let mut p = with_req(p, id, id);
+    p.request.as_mut().unwrap().token_id = token_id;
+    p
+}
+
+fn create_token(s: &mut State, app: &str, role: Role, expires: Option<Millis>, i: u64) -> ApiToken {
+    let cmd = Command::CreateToken {
+        name: format!("t{i}"),
+        app: app.into(),
+        role,
+        token_hash: format!("hash{i}"),
+        expires_at_ms: expires,
+    };
+    match apply(s, &with_req(prop(10, cmd), &format!("tok{i}"), "b"), i).outcome {
+        Outcome::Token { token } => token,
+        other => panic!("unexpected {other:?}"),
+    }
+}
+
+/// Two apps `a` and `b`, a job in each (ids 3 and 4), one instance of each (5, 6).
+fn two_apps() -> State {
+    let mut s = State::default();
+    create_app(&mut s, "a");
+    create_app(&mut s, "b");
+    for (i, app) in ["a", "b"].iter().enumerate() {
+        let cmd = Command::CreateJob {
+            spec: spec(app, "j"),
+        };
+        apply(&mut s, &prop(2, cmd), 2 + i as u64);
+    }
+    for (i, job) in [3, 4].iter().enumerate() {
+        let cmd = Command::RunJob {
+            job_id: *job,
+            params: json!({}),
+            delay_ms: 0,
+        };
+        apply(&mut s, &prop(3, cmd), 4 + i as u64);
+    }
+    assert!(s.instances.contains_key(&5) && s.instances.contains_key(&6));
+    s
+}
+
+fn rejected(r: &Response) -> Option<&StateError> {
+    match &r.outcome {
+        Outcome::Rejected { error } => Some(error),
+        _ => None,
+    }
+}
+
+#[test]
+fn tokens_are_created_found_by_hash_and_revoked() {
+    let mut s = two_apps();
+    let t = create_token(&mut s, "a", Role::Read, Some(1000), 10);
+    assert_eq!(t.app_id, 1);
+    assert_eq!(t.created_at_ms, 10);
+    assert_eq!(s.token_by_hash("hash10").map(|t| t.id), Some(t.id));
+    assert!(t.valid_at(999) && !t.valid_at(1000), "expiry is exclusive");
+    let missing = Command::CreateToken {
+        name: "x".into(),
+        app: "nope".into(),
+        role: Role::Read,
+        token_hash: "h2".into(),
+        expires_at_ms: None,
+    };
+    assert!(matches!(
+        rejected(&apply(&mut s, &prop(11, missing), 11)),
+        Some(StateError::NotFound { .. })
+    ));
+    let revoke = |id| prop(20, Command::RevokeToken { id });
+    let Outcome::Token { token } = apply(&mut s, &revoke(t.id), 12).outcome else {
+        panic!()
+    };
+    assert_eq!(token.revoked_at_ms, Some(20));
+    assert!(!token.valid_at(0));
+    // Revoking again keeps the first revocation time.
+    apply(&mut s, &prop(30, Command::RevokeToken { id: t.id }), 13);
+    assert_eq!(s.tokens[&t.id].revoked_at_ms, Some(20));
+    assert!(rejected(&apply(&mut s, &revoke(999), 14)).is_some());
+}
+
+#[test]
+fn scoped_writes_stay_in_their_app_and_role() {
+    let mut s = two_apps();
+    let read = create_token(&mut s, "a", Role::Read, None, 10).id;
+    let operate = create_token(&mut s, "a", Role::Operate, None, 11).id;
+    let manage = create_token(&mut s, "a", Role::Manage, None, 12).id;
+    let run = |job_id| Command::RunJob {
+        job_id,
+        params: json!({}),
+        delay_ms: 0,
+    };
+    let mut i = 20;
+    let mut go = |s: &mut State, cmd: Command, token: TokenId| {
+        i += 1;
+        apply(
+            s,
+            &as_token(prop(40, cmd), &format!("r{i}"), Some(token)),
+            i,
+        )
+    };
+    // Role: read cannot run; operate can, in its own app.
+    assert!(matches!(
+        rejected(&go(&mut s, run(3), read)),
+        Some(StateError::Forbidden { .. })
+    ));
+    assert!(rejected(&go(&mut s, run(3), operate)).is_none());
+    // Another app's job or instance is "not found", whatever the role.
+    assert!(matches!(
+        rejected(&go(&mut s, run(4), manage)),
+        Some(StateError::NotFound { .. })
+    ));
+    assert!(matches!(
+        rejected(&go(&mut s, Command::StopInstance { id: 6 }, manage)),
+        Some(StateError::NotFound { .. })
+    ));
+    // Operate cannot create; manage cannot create in or move a job to another app.
+    let create = |app: &str, name: &str| Command::CreateJob {
+        spec: spec(app, name),
+    };
+    assert!(matches!(
+        rejected(&go(&mut s, create("a", "new"), operate)),
+        Some(StateError::Forbidden { .. })
+    ));
+    assert!(matches!(
+        rejected(&go(&mut s, create("b", "new"), manage)),
+        Some(StateError::Forbidden { .. })
+    ));
+    assert!(rejected(&go(&mut s, create("a", "new"), manage)).is_none());
+    let moved = Command::UpdateJob {
+        id: 3,
+        spec: spec("b", "moved"),
+    };
+    assert!(rejected(&go(&mut s, moved, manage)).is_some());
+    assert_eq!(s.jobs[&3].app_id, 1);
+    // Nothing admin-only, ever.
+    let app = Command::CreateApp {
+        name: "c".into(),
+        worker_token_hash: "x".into(),
+    };
+    assert!(matches!(
+        rejected(&go(&mut s, app, manage)),
+        Some(StateError::Forbidden { .. })
+    ));
+    // A revoked token's later writes are refused, even if a node let them through.
+    apply(&mut s, &prop(41, Command::RevokeToken { id: operate }), 90);
+    assert!(matches!(
+        rejected(&go(&mut s, run(3), operate)),
+        Some(StateError::Forbidden { .. })
+    ));
+}
+
+#[test]
+fn expired_tokens_are_refused_by_the_replicated_clock() {
+    let mut s = two_apps();
+    let t = create_token(&mut s, "a", Role::Operate, Some(100), 10).id;
+    let run = Command::RunJob {
+        job_id: 3,
+        params: json!({}),
+        delay_ms: 0,
+    };
+    let ok = apply(&mut s, &as_token(prop(99, run.clone()), "r1", Some(t)), 11);
+    assert!(rejected(&ok).is_none());
+    let late = apply(&mut s, &as_token(prop(100, run), "r2", Some(t)), 12);
+    assert!(matches!(
+        rejected(&late),
+        Some(StateError::Forbidden { .. })
+    ));
+}
+
+#[test]
+fn audit_records_who_did_what_and_when() {
+    let mut s = two_apps();
+    assert!(
+        s.audit.is_empty(),
+        "writes without a request id are not audited"
+    );
+    let t = create_token(&mut s, "a", Role::Manage, None, 10).id;
+    let cmds = [
+        Command::CreateJob {
+            spec: spec("a", "k"),
+        },
+        Command::SetJobEnabled {
+            id: 3,
+            enabled: false,
+        },
+        Command::RunJob {
+            job_id: 3,
+            params: json!({}),
+            delay_ms: 0,
+        },
+        Command::StopInstance { id: 5 },
+        Command::RetryInstance { id: 5 },
+        Command::DeleteJob { id: 3 },
+    ];
+    for (i, cmd) in cmds.into_iter().enumerate() {
+        let token = (i % 2 == 0).then_some(t);
+        let r = apply(
+            &mut s,
+            &as_token(prop(50 + i as i64, cmd), &format!("a{i}"), token),
+            20 + i as u64,
+        );
+        assert!(rejected(&r).is_none(), "{r:?}");
+    }
+    // A rejected write and a replayed one add nothing.
+    let again = as_token(prop(60, Command::DeleteJob { id: 3 }), "a5", None);
+    assert!(apply(&mut s, &again, 30).replayed);
+    let gone = as_token(prop(60, Command::DeleteJob { id: 3 }), "a6", None);
+    assert!(rejected(&apply(&mut s, &gone, 31)).is_some());
+
+    let trail: Vec<(&str, &str, JobId)> = s
+        .audit
+        .values()
+        .map(|r| (r.action.as_str(), r.actor.as_str(), r.job_id))
+        .collect();
+    let who = format!("token/{t}");
+    assert_eq!(
+        trail,
+        vec![
+            ("job.create", who.as_str(), 8),
+            ("job.disable", "admin", 3),
+            ("job.run", who.as_str(), 3),
+            ("instance.stop", "admin", 3),
+            ("instance.retry", who.as_str(), 3),
+            ("job.delete", "admin", 3),
+        ]
+    );
+    let recs: Vec<&AuditRecord> = s.audit.values().collect();
+    assert_eq!(recs[0].at_ms, 50);
+    assert_eq!(recs[0].token_id, Some(t));
+    assert_eq!(
+        recs[2].instance_id,
+        Some(9),
+        "a run names the instance it made"
+    );
+    assert_eq!(recs[4].instance_id, Some(5));
+    assert_eq!(recs[4].created_instance_id, Some(10));
+    assert!(recs.windows(2).all(|w| w[0].seq < w[1].seq));
+}
+
+#[test]
+fn audit_keeps_only_the_newest_records() {
+    let mut s = two_apps();
+    for i in 0..(AUDIT_CAP + 5) {
+        let cmd = Command::SetJobEnabled {
+            id: 3,
+            enabled: i % 2 == 0,
+        };
+        apply(
+            &mut s,
+            &as_token(prop(10, cmd), &format!("e{i}"), None),
+            10 + i as u64,
+        );
+    }
+    assert_eq!(s.audit.len(), AUDIT_CAP);
+    assert_eq!(s.audit.keys().next(), Some(&6), "the 5 oldest went first");
+    let touched = s.take_touched();
+    assert!(
+        touched.contains(&Key::Audit(1)),
+        "dropped records are deleted"
+    );
+    assert!(s.record(&Key::Audit(1)).is_none());
+}
+
+#[test]
+fn worker_tokens_rotate_with_two_valid_until_retired() {
+    let mut s = State::default();
+    create_app(&mut s, "a");
+    let rotate = |h: &str| Command::RotateAppToken {
+        app: "a".into(),
+        worker_token_hash: h.into(),
+    };
+    apply(&mut s, &prop(2, rotate("new")), 2);
+    assert_eq!(s.apps[&1].worker_token_hash, "new");
+    assert_eq!(s.apps[&1].previous_worker_token_hash.as_deref(), Some("h"));
+    // The same rotation again (a retried proposal) changes nothing.
+    apply(&mut s, &prop(3, rotate("new")), 3);
+    assert_eq!(s.apps[&1].previous_worker_token_hash.as_deref(), Some("h"));
+    let retire = Command::RetireAppToken { app: "a".into() };
+    apply(&mut s, &prop(4, retire), 4);
+    assert_eq!(s.apps[&1].previous_worker_token_hash, None);
+    assert_eq!(s.apps[&1].worker_token_hash, "new");
+    let unknown = Command::RetireAppToken { app: "zz".into() };
+    assert!(rejected(&apply(&mut s, &prop(5, unknown), 5)).is_some());
+}
+
+#[test]
+fn tokens_and_audit_persist_and_replay_identically() {
+    let build = || {
+        let mut s = two_apps();
+        let t = create_token(&mut s, "a", Role::Operate, Some(10_000), 10).id;
+        let run = Command::RunJob {
+            job_id: 3,
+            params: json!({"x": 1}),
+            delay_ms: 0,
+        };
+        apply(&mut s, &as_token(prop(20, run), "run", Some(t)), 11);
+        apply(&mut s, &prop(21, Command::RevokeToken { id: t }), 12);
+        let rotate = Command::RotateAppToken {
+            app: "b".into(),
+            worker_token_hash: "n".into(),
+        };
+        apply(&mut s, &prop(22, rotate), 13);
+        s
+    };
+    let s = build();
+    assert_eq!(s, build(), "a replayed log gives the same state");
+    assert_eq!(s.audit.len(), 1);
+    let mut loaded = State::default();
+    for key in s.all_keys() {
+        loaded
+            .load_record(key.clone(), &s.record(&key).unwrap())
+            .unwrap();
+    }
+    loaded.rebuild_indexes();
+    let mut s = s;
+    s.take_touched();
+    assert_eq!(loaded, s);
+    assert!(
+        loaded.token_by_hash("hash10").is_some(),
+        "the hash index is rebuilt"
+    );
+    // And through a snapshot (the whole state as JSON).
+    let mut snap: State = serde_json::from_slice(&serde_json::to_vec(&s).unwrap()).unwrap();
+    snap.rebuild_indexes();
+    assert_eq!(snap, s);
 }

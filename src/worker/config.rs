@@ -51,6 +51,18 @@ pub struct WorkerArgs {
     /// this file (the event record jepsen-lite checks).
     #[arg(long, env = "RAFTJOB_WORKER_RECORD")]
     pub record: Option<PathBuf>,
+    /// Speak HTTPS/WSS to the servers' transport ports (also implied by https:// or
+    /// wss:// server addresses, and by --ca-file).
+    #[arg(
+        long,
+        env = "RAFTJOB_WORKER_TLS",
+        value_parser = clap::builder::BoolishValueParser::new()
+    )]
+    pub tls: bool,
+    /// PEM file of the CA that signed the servers' certificates (default: the public
+    /// web PKI roots); implies --tls.
+    #[arg(long, env = "RAFTJOB_WORKER_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
     /// Claim another version at registration (for testing version checks only).
     #[arg(long, hide = true, env = "RAFTJOB_WORKER_VERSION_OVERRIDE")]
     pub version_override: Option<String>,
@@ -71,6 +83,9 @@ struct FileConfig {
     max_concurrency: Option<u32>,
     heartbeat_ms: Option<u64>,
     record: Option<PathBuf>,
+    #[serde(default)]
+    tls: bool,
+    ca_file: Option<PathBuf>,
 }
 
 /// A validated worker configuration.
@@ -91,6 +106,11 @@ pub struct WorkerConfig {
     pub version: String,
     /// Where to append the worker event record ([`super::record`]), if anywhere.
     pub record: Option<PathBuf>,
+    /// HTTPS/WSS to the transport ports; addresses without a scheme (configured or
+    /// learned from discovery) then use `https://` / `wss://`.
+    pub tls: bool,
+    /// The CA that signed the servers' certificates (PEM); the public roots when unset.
+    pub ca_file: Option<PathBuf>,
 }
 
 fn default_name() -> String {
@@ -129,6 +149,8 @@ impl WorkerConfig {
             heartbeat_ms: None,
             version: crate::protocol::PROTOCOL_VERSION.to_string(),
             record: None,
+            tls: false,
+            ca_file: None,
         }
     }
 
@@ -190,6 +212,8 @@ impl WorkerConfig {
         }
         cfg.heartbeat_ms = args.heartbeat_ms.or(file.heartbeat_ms);
         cfg.record = args.record.clone().or(file.record);
+        cfg.ca_file = args.ca_file.clone().or(file.ca_file);
+        cfg.tls = args.tls || file.tls || cfg.ca_file.is_some();
         if let Some(v) = &args.version_override {
             cfg.version = v.clone();
         }
@@ -204,6 +228,11 @@ impl WorkerConfig {
                 self.protocol,
                 WORKER_PROTOCOLS.join(", ")
             )));
+        }
+        if let Some(ca) = &self.ca_file {
+            crate::tls::load_roots("ca_file", ca).map_err(|e| {
+                WorkerError::Config(format!("{e} (--ca-file, RAFTJOB_WORKER_CA_FILE)"))
+            })?;
         }
         if self.max_concurrency == 0 {
             return Err(WorkerError::Config(

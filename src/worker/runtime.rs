@@ -365,7 +365,7 @@ impl Core {
                             h.cancel.cancel();
                         } else if ack.renewed {
                             // Measured from when the heartbeat left: never longer than the leader's view.
-                            h.lease_deadline = sent_at + Duration::from_millis(ack.lease_ms);
+                            h.lease_deadline = sent_at + lease(ack.lease_ms);
                         }
                     }
                 }
@@ -474,7 +474,7 @@ impl Core {
                 );
             }
             seen.insert(key);
-            let lease_deadline = Instant::now() + Duration::from_millis(d.lease_ms);
+            let lease_deadline = Instant::now() + lease(d.lease_ms);
             held.insert(
                 key,
                 Held {
@@ -519,7 +519,34 @@ impl Core {
     async fn execute(self: Arc<Self>, d: Dispatch, cancel: CancellationToken) {
         let attempt = d.attempt;
         let key = (attempt.instance_id, attempt.attempt);
-        self.report(attempt, AttemptEvent::Running).await;
+        // Start only once the leader has confirmed the attempt: it accepts the
+        // `running` report only for an attempt that is still open, and renews its lease
+        // on receipt. A dispatch the network delivered late (after the leader gave up on
+        // it and dispatched a new attempt elsewhere) is then never started, where
+        // before it ran beside the new attempt until the next heartbeat revoked it
+        // (jepsen-lite `leader-workers-cut`, seed 2: 25-35 ms on two workers at once).
+        let confirmed = tokio::select! {
+            r = self.report(attempt, AttemptEvent::Running) => r,
+            _ = cancel.cancelled() => None,
+        };
+        match confirmed {
+            Some((true, sent_at)) if !cancel.is_cancelled() => {
+                // The lease runs from when the confirmed report left, never longer
+                // than the leader's view (it renewed the attempt on receipt).
+                if let Some(h) = self.held.lock().expect("held lock").get_mut(&key) {
+                    h.lease_deadline = sent_at + lease(d.lease_ms);
+                }
+            }
+            _ => {
+                tracing::warn!(
+                    instance_id = attempt.instance_id,
+                    attempt = attempt.attempt,
+                    "Not starting an attempt the leader did not confirm (revoked, stale or lease expired)."
+                );
+                self.held.lock().expect("held lock").remove(&key);
+                return;
+            }
+        }
         let (log_tx, log_rx) = mpsc::unbounded_channel();
         let shipper = tokio::spawn(self.clone().ship_logs(attempt, log_rx));
         let timeout = d.timeout_ms.map(Duration::from_millis);
@@ -624,12 +651,15 @@ impl Core {
     /// A report is never dropped while the worker runs: the leader's answer settles it
     /// (`accepted: false` when the attempt's fate was already decided without it), so
     /// it is resent until an answer comes, or the worker stops.
-    async fn report(&self, attempt: AttemptRef, event: AttemptEvent) {
+    ///
+    /// Returns whether the leader accepted it and when the acknowledged try left, or
+    /// `None` when it was not delivered (no session, or the worker is stopping).
+    async fn report(&self, attempt: AttemptRef, event: AttemptEvent) -> Option<(bool, Instant)> {
         let mut delay = Duration::from_millis(25);
         let mut tries = 0u32;
         loop {
             let Some(session) = self.session() else {
-                return;
+                return None;
             };
             let msg = WorkerMsg::Report(Report {
                 worker_id: session.worker_id.clone(),
@@ -638,6 +668,7 @@ impl Core {
                 event: event.clone(),
             });
             tries += 1;
+            let sent_at = Instant::now();
             match self.link.call(&msg, REPORT_WINDOW).await {
                 Ok(ServerMsg::ReportAck(ack)) => {
                     self.observe_term(&session.cluster_id, ack.term);
@@ -661,7 +692,7 @@ impl Core {
                             h.cancel.cancel();
                         }
                     }
-                    return;
+                    return Some((ack.accepted, sent_at));
                 }
                 // `unknown_worker`/`bad_credential`: the heartbeat loop registers again;
                 // `unavailable`/`not_ready`: the cluster could not commit it yet.
@@ -674,13 +705,19 @@ impl Core {
             tokio::select! {
                 _ = self.shutdown.cancelled() => {
                     tracing::warn!(instance_id = attempt.instance_id, "Stopping: a report was not delivered.");
-                    return;
+                    return None;
                 }
                 _ = tokio::time::sleep(delay) => {}
             }
             delay = (delay * 2).min(Duration::from_millis(500));
         }
     }
+}
+
+/// A lease length from the server, capped at a day (the servers refuse longer ones),
+/// so a wrong value can never overflow the clock arithmetic.
+fn lease(ms: u64) -> Duration {
+    Duration::from_millis(ms.min(24 * 3600 * 1000))
 }
 
 /// The first failure of a report at info, the next ones at debug (a report is resent

@@ -79,7 +79,11 @@ pub(crate) struct Link {
     protocol: String,
     /// The configured servers plus every server learned through discovery and heartbeats.
     servers: Mutex<Vec<String>>,
-    http: reqwest::Client,
+    http: crate::tls::HttpClient,
+    /// The scheme of addresses given without one: `https` with TLS, else `http`.
+    scheme: &'static str,
+    /// TLS for `wss://` (the CA file, or the public roots).
+    tls: Option<Arc<tokio_rustls::rustls::ClientConfig>>,
     /// Where requests go: the leader as far as the worker knows, or `None` to look for it.
     leader: Mutex<Option<String>>,
     /// Servers that refused a connection (or did not answer), with when that happened.
@@ -116,10 +120,26 @@ fn kind(msg: &WorkerMsg) -> &'static str {
 
 impl Link {
     pub fn new(cfg: &WorkerConfig) -> Self {
+        // The CA file was checked by `WorkerConfig::validate`.
+        let tls = crate::tls::client_config(
+            cfg.ca_file.as_deref().map(|p| ("ca_file", p)),
+            None,
+        )
+        .unwrap_or_else(|e| {
+            tracing::error!(error = %e, "Cannot use the CA file; trusting the public roots only.");
+            crate::tls::client_config(None, None).expect("built-in roots load")
+        });
+        let secure = cfg.tls
+            || cfg
+                .servers
+                .iter()
+                .any(|s| s.starts_with("https://") || s.starts_with("wss://"));
         Self {
             protocol: cfg.protocol.clone(),
             servers: Mutex::new(cfg.servers.clone()),
-            http: reqwest::Client::builder()
+            scheme: if secure { "https" } else { "http" },
+            tls: Some(Arc::new(tls.clone())),
+            http: crate::tls::http_builder(tls)
                 .connect_timeout(CONNECT_TIMEOUT)
                 .timeout(Duration::from_secs(10))
                 .build()
@@ -146,11 +166,16 @@ impl Link {
         self.own_address.lock().expect("addr lock").clone()
     }
 
-    fn url(addr: &str) -> String {
+    fn url(&self, addr: &str) -> String {
+        let addr = addr.trim_end_matches('/');
         if addr.starts_with("http://") || addr.starts_with("https://") {
-            addr.trim_end_matches('/').to_string()
+            addr.to_string()
+        } else if let Some(rest) = addr.strip_prefix("wss://") {
+            format!("https://{rest}")
+        } else if let Some(rest) = addr.strip_prefix("ws://") {
+            format!("http://{rest}")
         } else {
-            format!("http://{addr}")
+            format!("{}://{addr}", self.scheme)
         }
     }
 
@@ -204,7 +229,7 @@ impl Link {
     ) -> Result<Discovery, TransportError> {
         let resp = self
             .http
-            .get(format!("{}{PATH_DISCOVERY}", Self::url(server)))
+            .get(format!("{}{PATH_DISCOVERY}", self.url(server)))
             .timeout(timeout)
             .send()
             .await
@@ -473,7 +498,7 @@ impl Link {
         .expect("messages serialise");
         let resp = self
             .http
-            .post(format!("{}{path}", Self::url(target)))
+            .post(format!("{}{path}", self.url(target)))
             .timeout(timeout)
             .json(&body)
             .send()
@@ -545,12 +570,12 @@ impl Link {
     }
 
     async fn connect_ws(&self, target: &str) -> Result<WsConn, TransportError> {
-        let url = format!("{}{PATH_WS}", Self::url(target).replacen("http", "ws", 1));
-        let (socket, _) =
+        let url = format!("{}{PATH_WS}", self.url(target).replacen("http", "ws", 1));
+        let socket =
             // Nagle off: reports are small frames that must not wait for delayed ACKs.
             tokio::time::timeout(
                 CONNECT_TIMEOUT * 4,
-                tokio_tungstenite::connect_async_with_config(&url, None, true),
+                crate::tls::ws_connect(&url, self.tls.clone()),
             )
                 .await
                 .map_err(|_| TransportError::Connect(format!("{url}: connect timed out")))?
@@ -639,7 +664,7 @@ impl Link {
 }
 
 /// A reqwest error, as a [`TransportError::Connect`] when no connection was made.
-fn http_error(server: &str, e: reqwest::Error) -> TransportError {
+fn http_error(server: &str, e: crate::tls::HttpError) -> TransportError {
     let mut text = format!("{server}: {e}");
     let mut source = std::error::Error::source(&e);
     while let Some(cause) = source {

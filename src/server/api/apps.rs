@@ -10,6 +10,7 @@ use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 use utoipa::ToSchema;
 
+use super::auth::Caller;
 use super::{read_barrier, request_meta, validate, write, ApiError, ApiJson, ApiQuery, ReadQuery};
 use crate::server::Node;
 use crate::state::{App, Command, Outcome};
@@ -71,11 +72,12 @@ pub fn hash_token(token: &str) -> String {
     responses((status = 201, body = AppCreated), (status = 400, body = super::Problem), (status = 409, body = super::Problem)))]
 pub async fn create_app(
     State(node): State<Arc<Node>>,
+    caller: Caller,
     headers: HeaderMap,
     ApiJson(body): ApiJson<CreateApp>,
 ) -> Result<(StatusCode, Json<AppCreated>), ApiError> {
     validate::name("name", &body.name)?;
-    let request = request_meta(&headers, "POST /api/v1/apps", &body)?;
+    let request = request_meta(&caller, &headers, "POST /api/v1/apps", &body)?;
     let token = worker_token(&node.config.cluster_secret, &request.id);
     let cmd = Command::CreateApp {
         name: body.name.clone(),
@@ -89,6 +91,68 @@ pub async fn create_app(
                 worker_token: token,
             }),
         )),
+        (other, _) => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
+    }
+}
+
+/// `POST /api/v1/apps/{name}/rotate-token`: the app's new worker token.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct TokenRotated {
+    #[serde(flatten)]
+    pub app: AppView,
+    /// The new worker token. Shown once: only its hash is stored. The previous token
+    /// stays valid until `POST /api/v1/apps/{name}/retire-token`.
+    pub worker_token: String,
+}
+
+fn app_name(
+    path: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+) -> Result<String, ApiError> {
+    let axum::extract::Path(name) = path.map_err(|e| ApiError::invalid("name", e.body_text()))?;
+    validate::name("name", &name)?;
+    Ok(name)
+}
+
+#[utoipa::path(post, path = "/api/v1/apps/{name}/rotate-token", tag = "apps",
+    params(("name" = String, Path), ("Idempotency-Key" = Option<String>, Header, description = "Makes retries of this request safe (a retry shows the same token)")),
+    responses((status = 200, body = TokenRotated), (status = 404, body = super::Problem)))]
+pub async fn rotate_token(
+    State(node): State<Arc<Node>>,
+    caller: Caller,
+    path: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+    headers: HeaderMap,
+) -> Result<Json<TokenRotated>, ApiError> {
+    let name = app_name(path)?;
+    let op = format!("POST /api/v1/apps/{name}/rotate-token");
+    let request = request_meta(&caller, &headers, &op, &())?;
+    let token = worker_token(&node.config.cluster_secret, &request.id);
+    let cmd = Command::RotateAppToken {
+        app: name,
+        worker_token_hash: hash_token(&token),
+    };
+    match write(&node, request, cmd).await? {
+        (Outcome::App { app }, _) => Ok(Json(TokenRotated {
+            app: (&app).into(),
+            worker_token: token,
+        })),
+        (other, _) => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
+    }
+}
+
+#[utoipa::path(post, path = "/api/v1/apps/{name}/retire-token", tag = "apps",
+    params(("name" = String, Path), ("Idempotency-Key" = Option<String>, Header)),
+    responses((status = 200, body = AppView), (status = 404, body = super::Problem)))]
+pub async fn retire_token(
+    State(node): State<Arc<Node>>,
+    caller: Caller,
+    path: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
+    headers: HeaderMap,
+) -> Result<Json<AppView>, ApiError> {
+    let name = app_name(path)?;
+    let op = format!("POST /api/v1/apps/{name}/retire-token");
+    let request = request_meta(&caller, &headers, &op, &())?;
+    match write(&node, request, Command::RetireAppToken { app: name }).await? {
+        (Outcome::App { app }, _) => Ok(Json((&app).into())),
         (other, _) => Err(ApiError::Internal(format!("unexpected outcome {other:?}"))),
     }
 }

@@ -11,7 +11,7 @@ use crate::state::StateError;
 
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
-    #[error("missing or wrong bearer token: send `Authorization: Bearer <admin token>`")]
+    #[error("missing or wrong bearer token (or a revoked or expired one): send `Authorization: Bearer <token>`")]
     Unauthorized,
     #[error("{message}")]
     Invalid {
@@ -24,6 +24,10 @@ pub enum ApiError {
     PayloadTooLarge(usize),
     #[error("send the body as JSON with `Content-Type: application/json`")]
     UnsupportedMediaType,
+    #[error("{0}")]
+    Forbidden(String),
+    #[error("too many failed token checks from this address; retry after {0} s")]
+    TooManyFailures(u64),
     #[error("{0}")]
     NotFound(String),
     #[error("{0}")]
@@ -76,6 +80,8 @@ impl ApiError {
             Self::UnsupportedMediaType => {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
+            Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::TooManyFailures(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_failures"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
             Self::AlreadyExists(_) => (StatusCode::CONFLICT, "already_exists"),
@@ -117,6 +123,12 @@ impl IntoResponse for ApiError {
             resp.headers_mut()
                 .insert(header::RETRY_AFTER, "1".parse().expect("valid header"));
         }
+        if let Self::TooManyFailures(secs) = &self {
+            resp.headers_mut().insert(
+                header::RETRY_AFTER,
+                secs.to_string().parse().expect("valid header"),
+            );
+        }
         if status == StatusCode::UNAUTHORIZED {
             resp.headers_mut().insert(
                 header::WWW_AUTHENTICATE,
@@ -134,6 +146,7 @@ impl From<StateError> for ApiError {
             StateError::AlreadyExists { .. } => Self::AlreadyExists(e.to_string()),
             StateError::IdempotencyConflict => Self::IdempotencyConflict,
             StateError::Conflict { message } => Self::InvalidState(message),
+            StateError::Forbidden { message } => Self::Forbidden(message),
             StateError::Invalid { field, message } => Self::Invalid {
                 field: Some(field),
                 message,

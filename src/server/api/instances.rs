@@ -9,6 +9,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::auth::Caller;
 use super::{read_barrier, request_meta, write, ApiError, ApiQuery, IdPath, ReadQuery};
 use crate::server::Node;
 use crate::state::{Command, Instance, InstanceStatus, LogLine, Outcome};
@@ -58,6 +59,7 @@ pub struct InstanceLogs {
     responses((status = 201, body = InstanceCreated), (status = 404, body = super::Problem), (status = 409, body = super::Problem)))]
 pub async fn run_job(
     State(node): State<Arc<Node>>,
+    caller: Caller,
     IdPath(id): IdPath,
     headers: HeaderMap,
     body: Bytes,
@@ -74,7 +76,13 @@ pub async fn run_job(
     if run.delay_ms > 366 * 24 * 3600 * 1000 {
         return Err(ApiError::invalid("delay_ms", "at most one year"));
     }
-    let request = request_meta(&headers, &format!("POST /api/v1/jobs/{id}/run"), &run)?;
+    caller.check_job(&node, id)?;
+    let request = request_meta(
+        &caller,
+        &headers,
+        &format!("POST /api/v1/jobs/{id}/run"),
+        &run,
+    )?;
     let cmd = Command::RunJob {
         job_id: id,
         params: run.params,
@@ -93,30 +101,28 @@ pub async fn run_job(
     responses((status = 200, body = Instance), (status = 404, body = super::Problem)))]
 pub async fn get_instance(
     State(node): State<Arc<Node>>,
+    caller: Caller,
     IdPath(id): IdPath,
     ApiQuery(q): ApiQuery<ReadQuery>,
 ) -> Result<Json<Instance>, ApiError> {
     read_barrier(&node, q.consistency.as_deref()).await?;
     let guard = node.state.read().expect("state lock");
-    guard
-        .state
-        .instances
-        .get(&id)
-        .cloned()
-        .map(Json)
-        .ok_or_else(|| ApiError::NotFound(format!("instance {id} not found")))
+    caller.instance(&guard.state, id).cloned().map(Json)
 }
 
 #[utoipa::path(get, path = "/api/v1/instances", tag = "instances", params(ListQuery), responses((status = 200, body = InstanceList)))]
 pub async fn list_instances(
     State(node): State<Arc<Node>>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<ListQuery>,
 ) -> Result<Json<InstanceList>, ApiError> {
     read_barrier(&node, q.consistency.as_deref()).await?;
     let limit = q.limit.unwrap_or(100).min(1000);
     let guard = node.state.read().expect("state lock");
     let state = &guard.state;
-    let matches = |i: &&crate::state::Instance| q.status.is_none_or(|s| i.status == s);
+    let matches = |i: &&crate::state::Instance| {
+        q.status.is_none_or(|s| i.status == s) && caller.sees(i.app_id)
+    };
     let instances = match q.job_id {
         Some(job) => state
             .instances_of_job(job)
@@ -142,16 +148,13 @@ pub async fn list_instances(
     responses((status = 200, body = InstanceLogs), (status = 404, body = super::Problem)))]
 pub async fn instance_logs(
     State(node): State<Arc<Node>>,
+    caller: Caller,
     IdPath(id): IdPath,
     ApiQuery(q): ApiQuery<ReadQuery>,
 ) -> Result<Json<InstanceLogs>, ApiError> {
     read_barrier(&node, q.consistency.as_deref()).await?;
     let guard = node.state.read().expect("state lock");
-    let inst = guard
-        .state
-        .instances
-        .get(&id)
-        .ok_or_else(|| ApiError::NotFound(format!("instance {id} not found")))?;
+    let inst = caller.instance(&guard.state, id)?;
     Ok(Json(InstanceLogs {
         instance_id: id,
         lines: inst.log_tail.clone(),
@@ -160,12 +163,19 @@ pub async fn instance_logs(
 
 async fn change(
     node: &Node,
+    caller: &Caller,
     id: u64,
     headers: &HeaderMap,
     verb: &str,
     cmd: Command,
 ) -> Result<Outcome, ApiError> {
-    let request = request_meta(headers, &format!("POST /api/v1/instances/{id}/{verb}"), &())?;
+    caller.check_instance(node, id)?;
+    let request = request_meta(
+        caller,
+        headers,
+        &format!("POST /api/v1/instances/{id}/{verb}"),
+        &(),
+    )?;
     Ok(write(node, request, cmd).await?.0)
 }
 
@@ -180,39 +190,36 @@ fn instance_of(outcome: Outcome) -> Result<Json<Instance>, ApiError> {
     responses((status = 200, body = Instance), (status = 404, body = super::Problem), (status = 409, body = super::Problem)))]
 pub async fn stop_instance(
     State(node): State<Arc<Node>>,
+    caller: Caller,
     IdPath(id): IdPath,
     headers: HeaderMap,
 ) -> Result<Json<Instance>, ApiError> {
-    instance_of(change(&node, id, &headers, "stop", Command::StopInstance { id }).await?)
+    let cmd = Command::StopInstance { id };
+    instance_of(change(&node, &caller, id, &headers, "stop", cmd).await?)
 }
 
 #[utoipa::path(post, path = "/api/v1/instances/{id}/cancel", tag = "instances", params(("id" = u64, Path)),
     responses((status = 200, body = Instance), (status = 404, body = super::Problem), (status = 409, body = super::Problem)))]
 pub async fn cancel_instance(
     State(node): State<Arc<Node>>,
+    caller: Caller,
     IdPath(id): IdPath,
     headers: HeaderMap,
 ) -> Result<Json<Instance>, ApiError> {
-    instance_of(
-        change(
-            &node,
-            id,
-            &headers,
-            "cancel",
-            Command::CancelInstance { id },
-        )
-        .await?,
-    )
+    let cmd = Command::CancelInstance { id };
+    instance_of(change(&node, &caller, id, &headers, "cancel", cmd).await?)
 }
 
 #[utoipa::path(post, path = "/api/v1/instances/{id}/retry", tag = "instances", params(("id" = u64, Path)),
     responses((status = 201, body = InstanceCreated), (status = 404, body = super::Problem), (status = 409, body = super::Problem)))]
 pub async fn retry_instance(
     State(node): State<Arc<Node>>,
+    caller: Caller,
     IdPath(id): IdPath,
     headers: HeaderMap,
 ) -> Result<(StatusCode, Json<InstanceCreated>), ApiError> {
-    match change(&node, id, &headers, "retry", Command::RetryInstance { id }).await? {
+    let cmd = Command::RetryInstance { id };
+    match change(&node, &caller, id, &headers, "retry", cmd).await? {
         Outcome::InstanceCreated { id } => Ok((
             StatusCode::CREATED,
             Json(InstanceCreated { instance_id: id }),

@@ -8,6 +8,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::auth::Caller;
 use super::{
     read_barrier, request_meta, validate, write, ApiError, ApiJson, ApiQuery, IdPath, ReadQuery,
 };
@@ -136,11 +137,13 @@ fn job_of(outcome: Outcome) -> Result<Job, ApiError> {
         (status = 409, body = super::Problem), (status = 422, body = super::Problem), (status = 503, body = super::Problem)))]
 pub async fn create_job(
     State(node): State<Arc<Node>>,
+    caller: Caller,
     headers: HeaderMap,
     ApiJson(spec): ApiJson<JobSpec>,
 ) -> Result<(StatusCode, Json<JobCreated>), ApiError> {
     validate::job_spec(&spec)?;
-    let request = request_meta(&headers, "POST /api/v1/jobs", &spec)?;
+    caller.check_app_name(&node, &spec.app)?;
+    let request = request_meta(&caller, &headers, "POST /api/v1/jobs", &spec)?;
     let (outcome, _) = write(&node, request, Command::CreateJob { spec }).await?;
     let job = job_of(outcome)?;
     let warnings = super::workers::redundancy_warnings(&node, &job).await;
@@ -150,6 +153,7 @@ pub async fn create_job(
 #[utoipa::path(get, path = "/api/v1/jobs", tag = "jobs", params(ListJobsQuery), responses((status = 200, body = JobList)))]
 pub async fn list_jobs(
     State(node): State<Arc<Node>>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<ListJobsQuery>,
 ) -> Result<Json<JobList>, ApiError> {
     if q.limit.is_some_and(|l| !(1..=10_000).contains(&l)) {
@@ -163,6 +167,7 @@ pub async fn list_jobs(
         Some(name) => Some(
             state
                 .app_by_name(name)
+                .filter(|a| caller.sees(a.id))
                 .ok_or_else(|| ApiError::NotFound(format!("app {name} not found")))?
                 .id,
         ),
@@ -175,7 +180,7 @@ pub async fn list_jobs(
         .jobs
         .range((after, std::ops::Bound::Unbounded))
         .map(|(_, j)| j)
-        .filter(|j| app_id.is_none_or(|a| j.app_id == a));
+        .filter(|j| app_id.is_none_or(|a| j.app_id == a) && caller.sees(j.app_id));
     let jobs: Vec<JobView> = matching
         .by_ref()
         .take(limit)
@@ -192,17 +197,13 @@ pub async fn list_jobs(
     responses((status = 200, body = JobView), (status = 404, body = super::Problem)))]
 pub async fn get_job(
     State(node): State<Arc<Node>>,
+    caller: Caller,
     IdPath(id): IdPath,
     ApiQuery(q): ApiQuery<ReadQuery>,
 ) -> Result<Json<JobView>, ApiError> {
     read_barrier(&node, q.consistency.as_deref()).await?;
     let guard = node.state.read().expect("state lock");
-    let job = guard
-        .state
-        .jobs
-        .get(&id)
-        .cloned()
-        .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
+    let job = caller.job(&guard.state, id)?.clone();
     Ok(Json(JobView::new(&guard.state, job)))
 }
 
@@ -210,6 +211,7 @@ pub async fn get_job(
     responses((status = 200, body = SchedulePreview), (status = 400, body = super::Problem), (status = 404, body = super::Problem)))]
 pub async fn preview_schedule(
     State(node): State<Arc<Node>>,
+    caller: Caller,
     IdPath(id): IdPath,
     ApiQuery(q): ApiQuery<ScheduleQuery>,
 ) -> Result<Json<SchedulePreview>, ApiError> {
@@ -222,11 +224,7 @@ pub async fn preview_schedule(
     }
     read_barrier(&node, q.consistency.as_deref()).await?;
     let guard = node.state.read().expect("state lock");
-    let job = guard
-        .state
-        .jobs
-        .get(&id)
-        .ok_or_else(|| ApiError::NotFound(format!("job {id} not found")))?;
+    let job = caller.job(&guard.state, id)?;
     let fire_times = scheduler::upcoming(&guard.state, job, count)
         .into_iter()
         .map(|at_ms| FireTime {
@@ -245,6 +243,7 @@ pub async fn preview_schedule(
     responses((status = 200, body = SkippedList), (status = 400, body = super::Problem), (status = 404, body = super::Problem)))]
 pub async fn skipped_fires(
     State(node): State<Arc<Node>>,
+    caller: Caller,
     IdPath(id): IdPath,
     ApiQuery(q): ApiQuery<SkippedQuery>,
 ) -> Result<Json<SkippedList>, ApiError> {
@@ -257,9 +256,7 @@ pub async fn skipped_fires(
     }
     read_barrier(&node, q.consistency.as_deref()).await?;
     let guard = node.state.read().expect("state lock");
-    if !guard.state.jobs.contains_key(&id) {
-        return Err(ApiError::NotFound(format!("job {id} not found")));
-    }
+    caller.job(&guard.state, id)?;
     let skipped = guard
         .state
         .skips
@@ -277,12 +274,15 @@ pub async fn skipped_fires(
     responses((status = 200, body = Job), (status = 400, body = super::Problem), (status = 404, body = super::Problem)))]
 pub async fn update_job(
     State(node): State<Arc<Node>>,
+    caller: Caller,
     IdPath(id): IdPath,
     headers: HeaderMap,
     ApiJson(spec): ApiJson<JobSpec>,
 ) -> Result<Json<Job>, ApiError> {
     validate::job_spec(&spec)?;
-    let request = request_meta(&headers, &format!("PUT /api/v1/jobs/{id}"), &spec)?;
+    caller.check_job(&node, id)?;
+    caller.check_app_name(&node, &spec.app)?;
+    let request = request_meta(&caller, &headers, &format!("PUT /api/v1/jobs/{id}"), &spec)?;
     let (outcome, _) = write(&node, request, Command::UpdateJob { id, spec }).await?;
     Ok(Json(job_of(outcome)?))
 }
@@ -292,16 +292,19 @@ pub async fn update_job(
     responses((status = 200, body = Deleted), (status = 404, body = super::Problem)))]
 pub async fn delete_job(
     State(node): State<Arc<Node>>,
+    caller: Caller,
     IdPath(id): IdPath,
     headers: HeaderMap,
 ) -> Result<Json<Deleted>, ApiError> {
-    let request = request_meta(&headers, &format!("DELETE /api/v1/jobs/{id}"), &())?;
+    caller.check_job(&node, id)?;
+    let request = request_meta(&caller, &headers, &format!("DELETE /api/v1/jobs/{id}"), &())?;
     write(&node, request, Command::DeleteJob { id }).await?;
     Ok(Json(Deleted { id, deleted: true }))
 }
 
 async fn set_enabled(
     node: &Node,
+    caller: &Caller,
     id: u64,
     headers: &HeaderMap,
     enabled: bool,
@@ -310,7 +313,8 @@ async fn set_enabled(
         "POST /api/v1/jobs/{id}/{}",
         if enabled { "enable" } else { "disable" }
     );
-    let request = request_meta(headers, &op, &())?;
+    caller.check_job(node, id)?;
+    let request = request_meta(caller, headers, &op, &())?;
     let (outcome, _) = write(node, request, Command::SetJobEnabled { id, enabled }).await?;
     Ok(Json(job_of(outcome)?))
 }
@@ -319,18 +323,20 @@ async fn set_enabled(
     responses((status = 200, body = Job), (status = 404, body = super::Problem)))]
 pub async fn enable_job(
     State(node): State<Arc<Node>>,
+    caller: Caller,
     IdPath(id): IdPath,
     headers: HeaderMap,
 ) -> Result<Json<Job>, ApiError> {
-    set_enabled(&node, id, &headers, true).await
+    set_enabled(&node, &caller, id, &headers, true).await
 }
 
 #[utoipa::path(post, path = "/api/v1/jobs/{id}/disable", tag = "jobs", params(("id" = u64, Path)),
     responses((status = 200, body = Job), (status = 404, body = super::Problem)))]
 pub async fn disable_job(
     State(node): State<Arc<Node>>,
+    caller: Caller,
     IdPath(id): IdPath,
     headers: HeaderMap,
 ) -> Result<Json<Job>, ApiError> {
-    set_enabled(&node, id, &headers, false).await
+    set_enabled(&node, &caller, id, &headers, false).await
 }

@@ -3,12 +3,15 @@
 //! carried to the leader by [`crate::server::propose`] and [`crate::server::read_index`].
 
 mod apps;
+mod audit;
+pub mod auth;
 mod cluster;
 pub mod debug;
 pub mod error;
 mod health;
 mod instances;
 mod jobs;
+mod tokens;
 pub mod validate;
 mod workers;
 
@@ -16,7 +19,7 @@ use std::sync::Arc;
 
 pub use apps::hash_token;
 use axum::extract::rejection::JsonRejection;
-use axum::extract::{FromRequest, Request, State};
+use axum::extract::{FromRequest, Request};
 use axum::http::{HeaderMap, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -28,7 +31,6 @@ use sha2::{Digest, Sha256};
 use utoipa::OpenApi;
 
 use super::Node;
-use crate::server::cluster::secrets_equal;
 use crate::state::{Command, Outcome, RequestMeta};
 
 /// The largest request body the API accepts.
@@ -38,15 +40,17 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
 
 #[derive(OpenApi)]
 #[openapi(
-    info(title = "raftjob API", description = "Jobs, apps and the cluster of a raftjob deployment. Every /api/v1 route needs `Authorization: Bearer <token>`. Writes accept an `Idempotency-Key` header."),
+    info(title = "raftjob API", description = "Jobs, apps and the cluster of a raftjob deployment. Every /api/v1 route needs `Authorization: Bearer <token>`: the admin token, or a scoped token (one app; role read, operate or manage; see docs/security.md). Writes accept an `Idempotency-Key` header."),
     paths(
-        apps::create_app, apps::list_apps,
+        apps::create_app, apps::list_apps, apps::rotate_token, apps::retire_token,
         jobs::create_job, jobs::list_jobs, jobs::get_job, jobs::update_job, jobs::delete_job, jobs::enable_job, jobs::disable_job,
         jobs::preview_schedule, jobs::skipped_fires,
         cluster::get_cluster, cluster::add_member, cluster::remove_member, cluster::transfer_leader,
         instances::run_job, instances::get_instance, instances::list_instances, instances::instance_logs,
         instances::stop_instance, instances::cancel_instance, instances::retry_instance,
         workers::list_workers,
+        tokens::create_token, tokens::list_tokens, tokens::revoke_token,
+        audit::list_audit,
         debug::set_clock, debug::state_digest,
         health::healthz, health::readyz,
     ),
@@ -75,6 +79,8 @@ pub fn router(node: Arc<Node>) -> Router {
     }
     let api = Router::new()
         .route("/api/v1/apps", post(apps::create_app).get(apps::list_apps))
+        .route("/api/v1/apps/{name}/rotate-token", post(apps::rotate_token))
+        .route("/api/v1/apps/{name}/retire-token", post(apps::retire_token))
         .route("/api/v1/jobs", post(jobs::create_job).get(jobs::list_jobs))
         .route(
             "/api/v1/jobs/{id}",
@@ -103,6 +109,12 @@ pub fn router(node: Arc<Node>) -> Router {
             post(instances::retry_instance),
         )
         .route("/api/v1/workers", get(workers::list_workers))
+        .route(
+            "/api/v1/tokens",
+            post(tokens::create_token).get(tokens::list_tokens),
+        )
+        .route("/api/v1/tokens/{id}", delete(tokens::revoke_token))
+        .route("/api/v1/audit", get(audit::list_audit))
         .route("/api/v1/debug/clock", post(debug::set_clock))
         .route("/api/v1/debug/state-digest", get(debug::state_digest))
         .route("/api/v1/cluster", get(cluster::get_cluster))
@@ -115,11 +127,17 @@ pub fn router(node: Arc<Node>) -> Router {
             "/api/v1/cluster/members/{id}",
             delete(cluster::remove_member),
         )
-        .route_layer(middleware::from_fn_with_state(node.clone(), require_token));
-    // `[metrics] require_token`: the same admin-token check as /api/v1.
+        .route_layer(middleware::from_fn_with_state(
+            node.clone(),
+            auth::authenticate,
+        ));
+    // `[metrics] require_token`: the same check as /api/v1 (admin only).
     let mut metrics = Router::new().route("/metrics", get(health::metrics));
     if node.config.metrics.require_token {
-        metrics = metrics.route_layer(middleware::from_fn_with_state(node.clone(), require_token));
+        metrics = metrics.route_layer(middleware::from_fn_with_state(
+            node.clone(),
+            auth::authenticate,
+        ));
     }
     Router::new()
         .merge(api)
@@ -168,19 +186,6 @@ async fn method_not_allowed(req: Request) -> ApiError {
         req.method(),
         req.uri().path()
     ))
-}
-
-async fn require_token(State(node): State<Arc<Node>>, req: Request, next: Next) -> Response {
-    let token = req
-        .headers()
-        .get(axum::http::header::AUTHORIZATION)
-        .and_then(|v| v.to_str().ok())
-        .and_then(|v| v.strip_prefix("Bearer "))
-        .unwrap_or_default();
-    if !secrets_equal(token.trim().as_bytes(), node.config.admin_token.as_bytes()) {
-        return ApiError::Unauthorized.into_response();
-    }
-    next.run(req).await
 }
 
 /// JSON body extractor whose rejections are problem+json naming the field at fault.
@@ -240,8 +245,10 @@ pub fn hash_body(op: &str, body: &impl Serialize) -> String {
 }
 
 /// The request id of a write: the caller's `Idempotency-Key` scoped to the caller,
-/// or a fresh id the node makes (retries inside this node keep it).
+/// or a fresh id the node makes (retries inside this node keep it). A scoped token's
+/// id goes into the proposal, so apply can check its scope and audit it.
 pub(crate) fn request_meta(
+    caller: &auth::Caller,
     headers: &HeaderMap,
     op: &str,
     body: &impl Serialize,
@@ -259,10 +266,17 @@ pub(crate) fn request_meta(
                     "use 1 to 255 visible ASCII characters, for example a UUID",
                 )
             })?;
-            format!("admin/{key}")
+            match caller.token_id() {
+                None => format!("admin/{key}"),
+                Some(token) => format!("token/{token}/{key}"),
+            }
         }
     };
-    Ok(RequestMeta { id, body_hash })
+    Ok(RequestMeta {
+        id,
+        body_hash,
+        token_id: caller.token_id(),
+    })
 }
 
 /// Proposes a user write and turns a rejection into an API error.

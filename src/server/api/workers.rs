@@ -9,6 +9,7 @@ use axum::Json;
 use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
+use super::auth::Caller;
 use super::{ApiError, ApiQuery};
 use crate::server::cluster::{ForwardReply, PATH_FORWARD_WORKERS};
 use crate::server::worker_registry::{WorkerState, WorkerView};
@@ -62,9 +63,11 @@ pub(crate) async fn leader_views(
 #[utoipa::path(get, path = "/api/v1/workers", tag = "workers", params(WorkersQuery), responses((status = 200, body = WorkerList)))]
 pub async fn list_workers(
     State(node): State<Arc<Node>>,
+    caller: Caller,
     ApiQuery(q): ApiQuery<WorkersQuery>,
 ) -> Result<Json<WorkerList>, ApiError> {
     let mut workers = leader_views(&node, true).await?;
+    workers.retain(|w| caller.sees(w.reg.app_id));
     if let Some(app) = &q.app {
         workers.retain(|w| &w.app == app);
     }

@@ -93,7 +93,9 @@ async fn require_secret(State(node): State<Arc<Node>>, req: Request, next: Next)
         .get(SECRET_HEADER)
         .map(|v| v.as_bytes())
         .unwrap_or_default();
-    if !secrets_equal(given, node.config.cluster_secret.as_bytes()) {
+    // Both the current secret and, during a rotation, `cluster_secret_next`.
+    let accepted = node.config.cluster_secrets();
+    if !accepted.iter().any(|s| secrets_equal(given, s.as_bytes())) {
         tracing::warn!(path = %req.uri().path(), "Refused a cluster-port request without the right cluster secret.");
         return (
             StatusCode::UNAUTHORIZED,

@@ -136,14 +136,17 @@ impl TransportState {
                     format!("no app named {:?}; create it with POST /api/v1/apps", r.app),
                 );
             };
-            (
-                app.id,
-                app.worker_token_hash.clone(),
-                s.state.meta.cluster_id.clone(),
-            )
+            // During a rotation the previous token stays valid until it is retired.
+            let hashes: Vec<String> = std::iter::once(app.worker_token_hash.clone())
+                .chain(app.previous_worker_token_hash.clone())
+                .collect();
+            (app.id, hashes, s.state.meta.cluster_id.clone())
         };
         let given = crate::server::api::hash_token(&r.token);
-        if !crate::server::cluster::secrets_equal(given.as_bytes(), token_hash.as_bytes()) {
+        if !token_hash
+            .iter()
+            .any(|h| crate::server::cluster::secrets_equal(given.as_bytes(), h.as_bytes()))
+        {
             return refused(
                 "bad_token",
                 format!("wrong worker token for app {:?}", r.app),
