@@ -25,6 +25,10 @@ pub struct HealthcheckArgs {
     /// Give up after this many milliseconds.
     #[arg(long, default_value_t = 3000)]
     pub timeout_ms: u64,
+    /// PEM CA file for an api port with TLS; HOST:PORT then means https://HOST:PORT
+    /// (an https:// address without it trusts the public web PKI roots).
+    #[arg(long, env = "RAFTJOB_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<std::path::PathBuf>,
 }
 
 /// The URL to GET: `addr` may be `HOST:PORT` or a URL; wildcard hosts become loopback.
@@ -45,7 +49,20 @@ pub fn url_for(addr: &str, ready: bool) -> String {
 
 /// GETs the URL; `Ok` with a message when the answer is 200, `Err` otherwise.
 pub async fn check(url: &str, timeout: Duration) -> Result<String, String> {
-    let client = reqwest::Client::builder()
+    check_with(url, timeout, None).await
+}
+
+/// [`check`], trusting the CA of `tls` for https (the public roots when `None`).
+pub async fn check_with(
+    url: &str,
+    timeout: Duration,
+    tls: Option<tokio_rustls::rustls::ClientConfig>,
+) -> Result<String, String> {
+    let builder = match tls {
+        Some(c) => crate::tls::http_builder(c),
+        None => crate::tls::default_http_builder(),
+    };
+    let client = builder
         .timeout(timeout)
         .connect_timeout(timeout)
         .build()
@@ -83,7 +100,21 @@ fn error_chain(e: &dyn std::error::Error) -> String {
 
 /// The `raftjob healthcheck` command.
 pub fn run(args: HealthcheckArgs) -> ExitCode {
-    let url = url_for(&args.addr, args.ready);
+    let tls = match &args.ca_file {
+        None => None,
+        Some(ca) => match crate::tls::client_config(Some(("ca_file", ca)), None) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                eprintln!("unhealthy: {e} (--ca-file, RAFTJOB_CA_FILE)");
+                return ExitCode::from(1);
+            }
+        },
+    };
+    let addr = match (&tls, args.addr.contains("://")) {
+        (Some(_), false) => format!("https://{}", args.addr.trim()),
+        _ => args.addr.clone(),
+    };
+    let url = url_for(&addr, args.ready);
     let rt = match tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
@@ -94,7 +125,11 @@ pub fn run(args: HealthcheckArgs) -> ExitCode {
             return ExitCode::from(1);
         }
     };
-    match rt.block_on(check(&url, Duration::from_millis(args.timeout_ms.max(1)))) {
+    match rt.block_on(check_with(
+        &url,
+        Duration::from_millis(args.timeout_ms.max(1)),
+        tls,
+    )) {
         Ok(msg) => {
             println!("healthy: {msg}");
             ExitCode::SUCCESS
@@ -124,6 +159,10 @@ mod tests {
         assert_eq!(
             url_for("http://raftjob-1:7700/", true),
             "http://raftjob-1:7700/readyz"
+        );
+        assert_eq!(
+            url_for("https://0.0.0.0:7700", true),
+            "https://127.0.0.1:7700/readyz"
         );
     }
 }

@@ -523,14 +523,11 @@ async fn worker_token_rotation_keeps_workers_running() {
     c.wait_ready(&[1, 2, 3], READY).await;
     let old = app_token(&c, "rot").await;
     let admin = c.client();
-    let job = admin
-        .create_job(&api_job(
-            "rot",
-            "j",
-            json!({"type": "shell", "command": "echo ok"}),
-        ))
-        .await
-        .unwrap()["id"]
+    // Retries cover an attempt whose worker is stopped while the workers switch
+    // tokens (a stopped worker's attempt is lost, then retried on another).
+    let mut spec = api_job("rot", "j", json!({"type": "shell", "command": "echo ok"}));
+    spec["retries"] = json!(3);
+    let job = admin.create_job(&spec).await.unwrap()["id"]
         .as_u64()
         .unwrap();
     let mut w1 = TestWorker::start(&c, "rot", &old, "http", "w1", &[]);
@@ -777,41 +774,30 @@ async fn admin_token_and_cluster_secret_rotate_without_a_failed_request() {
     };
     tokio::time::sleep(Duration::from_millis(500)).await;
 
-    let restart = |procs: &mut Vec<Proc>, i: usize, p: Proc| {
-        procs[i].stop();
-        procs[i] = p;
-    };
-    // 1. Every node also accepts the new token and secret (still sends the old secret).
-    for i in 0..3 {
-        let p = || {
-            spawn(
-                &c.nodes[i],
-                SECRET,
-                Some(NEW_SECRET),
-                TOKEN,
-                Some(NEW_TOKEN),
-            )
-        };
-        procs[i].stop();
-        procs[i] = p();
-        c.wait_ready(&[1, 2, 3], READY).await;
+    // One rolling restart: each node in turn is stopped, started with the given
+    // credentials, and the cluster is ready again before the next.
+    async fn roll(c: &TestCluster, procs: &mut [Proc], creds: [Option<&str>; 4]) {
+        let [secret, secret_next, token, token_next] = creds;
+        for (i, n) in c.nodes.iter().enumerate() {
+            procs[i].stop();
+            procs[i] = spawn(n, secret.unwrap(), secret_next, token.unwrap(), token_next);
+            c.wait_ready(&[1, 2, 3], READY).await;
+            tokio::time::sleep(Duration::from_millis(300)).await;
+        }
     }
+    // 1. Every node also accepts the new token and secret (still sends the old secret).
+    let creds = [Some(SECRET), Some(NEW_SECRET), Some(TOKEN), Some(NEW_TOKEN)];
+    roll(&c, &mut procs, creds).await;
     // Clients switch to the new admin token.
     *token.lock().unwrap() = NEW_TOKEN.to_string();
     tokio::time::sleep(Duration::from_millis(500)).await;
     // 2. The new ones become current; the old secret is still accepted from nodes not
     //    yet restarted; the old admin token is retired.
-    for i in 0..3 {
-        let p = spawn(&c.nodes[i], NEW_SECRET, Some(SECRET), NEW_TOKEN, None);
-        restart(&mut procs, i, p);
-        c.wait_ready(&[1, 2, 3], READY).await;
-    }
+    let creds = [Some(NEW_SECRET), Some(SECRET), Some(NEW_TOKEN), None];
+    roll(&c, &mut procs, creds).await;
     // 3. The old secret is retired.
-    for i in 0..3 {
-        let p = spawn(&c.nodes[i], NEW_SECRET, None, NEW_TOKEN, None);
-        restart(&mut procs, i, p);
-        c.wait_ready(&[1, 2, 3], READY).await;
-    }
+    let creds = [Some(NEW_SECRET), None, Some(NEW_TOKEN), None];
+    roll(&c, &mut procs, creds).await;
     tokio::time::sleep(Duration::from_millis(500)).await;
     stop.store(true, Ordering::Relaxed);
     looper.await.unwrap();

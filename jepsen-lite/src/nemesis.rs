@@ -366,8 +366,20 @@ impl Nemesis {
             Fault::ZombieLeader => {
                 // The leader loses its peers and one worker; the other worker keeps
                 // talking to it, while the new leader gets the first one.
+                // The busier worker (most attempts running) stays with the deposed
+                // leader: that is where an attempt can outlive its lease.
                 let names_w = self.procs().worker_names();
-                let cut = names_w[pick % names_w.len()].clone();
+                let running = self.running_by_worker(l).await;
+                let keep = names_w
+                    .iter()
+                    .max_by_key(|w| (running.get(*w).copied().unwrap_or(0), pick % 2 == 0))
+                    .cloned()
+                    .unwrap_or_default();
+                let cut = names_w
+                    .iter()
+                    .find(|w| **w != keep)
+                    .cloned()
+                    .unwrap_or_else(|| names_w[pick % names_w.len()].clone());
                 let mut links: Vec<&Arc<Proxy>> = self
                     .net
                     .peer
@@ -391,7 +403,8 @@ impl Nemesis {
                 }
                 self.start(
                     fault,
-                    json!({"leader": l, "worker_cut": cut, "links": names, "mode": "blackhole"}),
+                    json!({"leader": l, "worker_cut": cut, "worker_kept": keep,
+                           "running": running, "links": names, "mode": "blackhole"}),
                 );
                 tokio::time::sleep(hold).await;
                 self.pass_links(&links).await;
@@ -503,6 +516,31 @@ impl Nemesis {
                 );
             }
         }
+    }
+
+    /// Attempts running per worker name, as the leader `node` sees them.
+    async fn running_by_worker(&self, node: u64) -> BTreeMap<String, u64> {
+        let o = self
+            .api
+            .call(
+                self.api_addrs[&node],
+                Method::GET,
+                "/api/v1/workers",
+                None,
+                None,
+                true,
+                Duration::from_secs(1),
+            )
+            .await;
+        let mut out = BTreeMap::new();
+        if let Outcome::Ok(v) = o {
+            for w in v["workers"].as_array().into_iter().flatten() {
+                if let (Some(name), Some(n)) = (w["name"].as_str(), w["running"].as_u64()) {
+                    out.insert(name.to_string(), n);
+                }
+            }
+        }
+        out
     }
 
     async fn set_clock(&self, node: u64, offset_ms: i64) -> Result<(), String> {

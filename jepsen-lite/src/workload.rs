@@ -572,7 +572,7 @@ fn create_job(rng: &mut StdRng, key: String, thread: u64, seq: u64, cron_ok: boo
             json!({"type": "api"}),
             // Some attempts outlive lease + grace (2.2 s), so a fault in the middle
             // of one shows whether it could run twice.
-            ["sleep 0.2", "sleep 0.2", "sleep 2", "sleep 6"][rng.gen_range(0..4)],
+            ["sleep 0.2", "sleep 2", "sleep 6", "sleep 6"][rng.gen_range(0..4)],
         )
     };
     let mut spec = json!({

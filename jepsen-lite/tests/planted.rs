@@ -31,7 +31,7 @@ const CASES: &[(&str, &str, &str, u64)] = &[
 
 /// Seeds tried per bug before it counts as missed: a fault has to meet the right
 /// moment (a long attempt running, a dispatch in flight), which a seed may not give.
-const SEEDS: u64 = 3;
+const SEEDS: u64 = 5;
 
 #[test]
 #[ignore = "about 6 minutes with the planted build; run by `make jepsen`"]

@@ -392,3 +392,30 @@ fn tls_files_come_in_pairs_and_flags_override_the_file() {
         .to_string();
     assert!(e.contains("cert_file"), "{e}");
 }
+
+#[test]
+fn rotation_credentials_are_accepted_beside_the_current_ones() {
+    let cfg = ServerConfig::resolve(base(), &ServerArgs::default()).unwrap();
+    assert_eq!(cfg.admin_tokens(), vec!["0123456789abcdef0123"]);
+    assert_eq!(cfg.cluster_secrets(), vec!["0123456789abcdef0123"]);
+    let mut f = base();
+    f.cluster_secret_next = Some("next-secret-0123456789".into());
+    let args = ServerArgs {
+        admin_token_next: Some("next-token-0123456789".into()),
+        ..Default::default()
+    };
+    let cfg = ServerConfig::resolve(f, &args).unwrap();
+    assert_eq!(
+        cfg.admin_tokens(),
+        vec!["0123456789abcdef0123", "next-token-0123456789"]
+    );
+    assert_eq!(
+        cfg.cluster_secrets(),
+        vec!["0123456789abcdef0123", "next-secret-0123456789"]
+    );
+    let args = ServerArgs {
+        admin_token_next: Some("short".into()),
+        ..Default::default()
+    };
+    assert!(err(base(), args).contains("admin_token_next"));
+}

@@ -658,9 +658,7 @@ impl Core {
         let mut delay = Duration::from_millis(25);
         let mut tries = 0u32;
         loop {
-            let Some(session) = self.session() else {
-                return None;
-            };
+            let session = self.session()?;
             let msg = WorkerMsg::Report(Report {
                 worker_id: session.worker_id.clone(),
                 credential: session.credential.clone(),
