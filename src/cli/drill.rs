@@ -616,21 +616,30 @@ impl Drill {
                 .and_then(|m| m["id"].as_u64())
                 .unwrap_or(old)
         });
-        let workers_live = client(&self.rotated(0, None), &self.token, Duration::from_secs(10))
-            .request(
-                Method::GET,
-                &format!("/api/v1/workers?app={}", self.cmd.app),
-                None,
-                None,
-            )
-            .await
-            .ok()
-            .and_then(|v| {
-                v["workers"]
-                    .as_array()
-                    .map(|w| w.iter().any(|w| w["state"] == "live"))
-            })
-            .unwrap_or(false);
+        // A worker of the app to measure the first dispatch with. After the previous
+        // round's failover the workers may still be finding the new leader (their
+        // heartbeats make them live again within a few seconds), so wait for one.
+        let workers_live = {
+            let c = client(&self.rotated(0, None), &self.token, Duration::from_secs(10));
+            let path = format!("/api/v1/workers?app={}", self.cmd.app);
+            let until = Instant::now() + Duration::from_secs(10);
+            loop {
+                let live = c
+                    .request(Method::GET, &path, None, None)
+                    .await
+                    .ok()
+                    .and_then(|v| {
+                        v["workers"]
+                            .as_array()
+                            .map(|w| w.iter().any(|w| w["state"] == "live"))
+                    })
+                    .unwrap_or(false);
+                if live || Instant::now() >= until {
+                    break live;
+                }
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        };
 
         // The load.
         let ledger = Arc::new(Ledger::default());
