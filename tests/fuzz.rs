@@ -935,6 +935,7 @@ fn arb_dispatch() -> impl Strategy<Value = Dispatch> {
         arb_json_exact(),
         proptest::option::of(any::<u64>()),
         any::<u64>(),
+        proptest::collection::vec(arb_policy(), 0..3),
     )
         .prop_map(
             |(
@@ -947,6 +948,7 @@ fn arb_dispatch() -> impl Strategy<Value = Dispatch> {
                 instance_params,
                 timeout_ms,
                 lease_ms,
+                policies,
             )| Dispatch {
                 cluster_id,
                 term,
@@ -957,8 +959,20 @@ fn arb_dispatch() -> impl Strategy<Value = Dispatch> {
                 instance_params,
                 timeout_ms,
                 lease_ms,
+                policies,
             },
         )
+}
+
+fn arb_policy() -> impl Strategy<Value = raftjob::state::ProcessorPolicy> {
+    let list = || proptest::collection::vec(any::<String>(), 0..4);
+    (any::<bool>(), list(), list()).prop_map(|(shell_enabled, http_allow, http_deny)| {
+        raftjob::state::ProcessorPolicy {
+            shell_enabled,
+            http_allow,
+            http_deny,
+        }
+    })
 }
 
 fn arb_ack() -> impl Strategy<Value = DispatchAck> {
@@ -1152,6 +1166,42 @@ proptest! {
         round_trips(&f)?;
         round_trips(&WsServerFrame { seq, msg: s })?;
         round_trips(&d)?;
+    }
+}
+
+/// Policy entries: host-ish text, networks, addresses and arbitrary strings.
+fn policy_entry() -> impl Strategy<Value = String> {
+    prop_oneof![
+        "[a-zA-Z0-9.*_-]{0,40}",
+        "[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}\\.[0-9]{1,3}(/[0-9]{1,2})?",
+        "[0-9a-fA-F:]{0,20}(/[0-9]{1,3})?",
+        any::<String>(),
+    ]
+}
+
+proptest! {
+    #![proptest_config(config())]
+
+    /// The operator's policy: any entries validate or name the bad one, and checking
+    /// any URL or address against the rules never panics.
+    #[test]
+    fn processor_policies_take_arbitrary_entries(
+        allow in prop::collection::vec(policy_entry(), 0..5),
+        deny in prop::collection::vec(policy_entry(), 0..5),
+        host in prop_oneof!["[a-zA-Z0-9.-]{1,30}", "\\[[0-9a-f:.]{2,30}\\]", any::<String>()],
+        ip in any::<std::net::IpAddr>(),
+    ) {
+        let policy = raftjob::state::ProcessorPolicy { shell_enabled: true, http_allow: allow, http_deny: deny };
+        if let Err(e) = policy.validate() {
+            prop_assert!(e.field.starts_with("http_allow[") || e.field.starts_with("http_deny["), "{e}");
+        }
+        let rules = policy.http_rules();
+        if let Ok(url) = url::Url::parse(&format!("http://{host}/x")) {
+            let _ = rules.check_url(&url);
+            let _ = rules.allows_name(&url);
+        }
+        let _ = rules.check_ip(ip);
+        let _ = rules.check_resolved(&host, ip);
     }
 }
 

@@ -175,6 +175,11 @@ pub struct Dispatch {
     #[serde(default)]
     pub timeout_ms: Option<u64>,
     pub lease_ms: u64,
+    /// The operator's processor policies that apply (the cluster's, the app's; only
+    /// those that restrict anything). The worker checks what only it can: the
+    /// addresses an HTTP job's host name resolves to.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub policies: Vec<crate::state::ProcessorPolicy>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -542,6 +542,11 @@ fn dispatch_message(node: &Node, instance_id: InstanceId, attempt: &Attempt) -> 
         instance_params: inst.params.clone(),
         timeout_ms: job.spec.timeout_ms,
         lease_ms: node.config.workers.lease_ms,
+        policies: std::iter::once(&state.meta.policy)
+            .chain(state.apps.get(&job.app_id).and_then(|a| a.policy.as_ref()))
+            .filter(|p| !p.is_default())
+            .cloned()
+            .collect(),
     })
 }
 

@@ -6,8 +6,8 @@ use super::command::{FireItem, FiredDispatch};
 use super::model::{ApiToken, AuditRecord, Role, TokenId, AUDIT_CAP};
 use super::model::{
     App, Attempt, ConcurrencyPolicy, ExecutionMode, FencingToken, Instance, InstanceId,
-    InstanceStatus, Job, JobId, JobSpec, Millis, NodeAddrs, SkipKind, SkipRecord, Trigger,
-    LOG_TAIL_LINES, SKIPS_PER_JOB,
+    InstanceStatus, Job, JobId, JobSpec, Millis, NodeAddrs, Processor, SkipKind, SkipRecord,
+    Trigger, LOG_TAIL_LINES, SKIPS_PER_JOB,
 };
 use super::{Key, RequestRecord, State, REQUEST_RETENTION_MS};
 
@@ -126,6 +126,18 @@ fn audit_target(state: &State, cmd: &Command) -> Option<Target> {
         Command::StopInstance { id } => instance("instance.stop", id),
         Command::CancelInstance { id } => instance("instance.cancel", id),
         Command::RetryInstance { id } => instance("instance.retry", id),
+        Command::SetPolicy { app, .. } => {
+            let app_id = match app {
+                Some(name) => state.app_by_name(name)?.id,
+                None => 0,
+            };
+            Some(Target {
+                action: "policy.set",
+                app_id,
+                job_id: 0,
+                instance_id: None,
+            })
+        }
         _ => None,
     }
 }
@@ -299,6 +311,7 @@ fn execute(state: &mut State, cmd: &Command, pos: FencingToken) -> Outcome {
                 worker_token_hash: worker_token_hash.clone(),
                 created_at_ms: now,
                 previous_worker_token_hash: None,
+                policy: None,
             };
             state.apps.insert(id, app.clone());
             state.touch(Key::App(id));
@@ -618,6 +631,31 @@ fn execute(state: &mut State, cmd: &Command, pos: FencingToken) -> Outcome {
             state.touch(Key::App(app.id));
             Outcome::App { app }
         }
+        Command::SetPolicy { app, policy } => {
+            if let Err(e) = policy.validate() {
+                return Outcome::rejected(StateError::Invalid {
+                    field: e.field,
+                    message: e.message,
+                });
+            }
+            match app {
+                None => {
+                    state.meta.policy = policy.clone();
+                    state.touch(Key::Meta);
+                }
+                Some(name) => {
+                    let Some(a) = state.apps.values_mut().find(|a| a.name == *name) else {
+                        return Outcome::rejected(StateError::not_found("app", name));
+                    };
+                    a.policy = Some(policy.clone());
+                    let id = a.id;
+                    state.touch(Key::App(id));
+                }
+            }
+            Outcome::Policy {
+                policy: policy.clone(),
+            }
+        }
         Command::Unknown => Outcome::rejected(StateError::Invalid {
             field: "type".into(),
             message: "unknown command".into(),
@@ -667,11 +705,27 @@ pub fn open_attempts_of_worker(state: &State, worker: &str) -> Vec<(InstanceId, 
         .collect()
 }
 
+/// The job's app, once the operator's processor policy admits its processor (the API
+/// checked the same; this holds when the policy changed in between).
 fn resolve_app(state: &State, spec: &JobSpec) -> Result<u64, StateError> {
-    state
+    let app = state
         .app_by_name(&spec.app)
-        .map(|a| a.id)
-        .ok_or_else(|| StateError::not_found("app", &spec.app))
+        .ok_or_else(|| StateError::not_found("app", &spec.app))?;
+    policy_check(state, app, &spec.processor)?;
+    Ok(app.id)
+}
+
+fn policy_check(state: &State, app: &App, processor: &Processor) -> Result<(), StateError> {
+    super::policy::check_processor(
+        &state.meta.policy,
+        &app.name,
+        app.policy.as_ref(),
+        processor,
+    )
+    .map_err(|e| StateError::PolicyDenied {
+        field: e.field,
+        message: e.message,
+    })
 }
 
 fn update_job(state: &mut State, id: u64, now: Millis, change: impl FnOnce(&mut Job)) -> Outcome {
@@ -797,6 +851,22 @@ fn dispatch(
             field: "workers".into(),
             message: "no worker named".into(),
         });
+    }
+    // The policy may have tightened since the job was made: such an instance fails
+    // here, deterministically on every replica, and never reaches a worker.
+    let refused = state
+        .instances
+        .get(&id)
+        .filter(|i| i.status == InstanceStatus::WaitingDispatch)
+        .and_then(|i| Some((state.jobs.get(&i.job_id)?, state.apps.get(&i.app_id)?)))
+        .and_then(|(job, app)| policy_check(state, app, &job.spec.processor).err());
+    if let Some(e) = refused {
+        with_instance(state, id, |inst, _| {
+            inst.status = InstanceStatus::Failed;
+            inst.finished_at_ms = Some(now);
+            inst.result = Some(format!("not dispatched: {e}"));
+        });
+        return Outcome::rejected(e);
     }
     let out = with_instance(state, id, |inst, job| {
         if inst.status != InstanceStatus::WaitingDispatch {

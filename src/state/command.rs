@@ -16,7 +16,9 @@ use super::model::{
 ///
 /// 2: scoped API tokens (`CreateToken`, `RevokeToken`), app worker-token rotation
 /// (`RotateAppToken`, `RetireAppToken`) and the acting token in [`RequestMeta`].
-pub const COMMAND_VERSION: u32 = 2;
+///
+/// 3: the operator's processor policy (`SetPolicy`).
+pub const COMMAND_VERSION: u32 = 3;
 
 /// One Raft log entry's payload.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -211,6 +213,13 @@ pub enum Command {
     RetireAppToken {
         app: String,
     },
+    /// Sets the processor policy of the cluster, or of one app (admin only).
+    SetPolicy {
+        /// The app, by name; none for the cluster's policy.
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        app: Option<String>,
+        policy: super::ProcessorPolicy,
+    },
     /// A command this build does not know (from a newer version).
     #[serde(other)]
     Unknown,
@@ -321,6 +330,10 @@ pub enum Outcome {
     Token {
         token: ApiToken,
     },
+    /// A policy as set.
+    Policy {
+        policy: super::ProcessorPolicy,
+    },
     /// Whether a report was for a current attempt.
     ReportAccepted {
         accepted: bool,
@@ -375,6 +388,10 @@ pub enum StateError {
     /// The caller's token may not do this (revoked or expired meanwhile, or out of scope).
     #[error("{message}")]
     Forbidden { message: String },
+    /// The operator's processor policy refuses this (shell disabled, HTTP destination
+    /// denied).
+    #[error("{field}: {message}")]
+    PolicyDenied { field: String, message: String },
 }
 
 impl StateError {

@@ -8,6 +8,7 @@
 
 pub mod command;
 pub mod model;
+pub mod policy;
 
 mod apply;
 
@@ -18,6 +19,7 @@ pub use command::{
     AttemptEvent, Command, Outcome, Proposal, RequestMeta, Response, StateError, COMMAND_VERSION,
 };
 pub use model::*;
+pub use policy::ProcessorPolicy;
 use serde::{Deserialize, Serialize};
 
 /// How long request ids are remembered, in replicated-clock time.
@@ -40,6 +42,9 @@ pub struct Meta {
     pub now_ms: Millis,
     /// Next id handed out to an app, job or instance (one sequence for all).
     pub next_id: u64,
+    /// The cluster's processor policy (see [`policy`]).
+    #[serde(default, skip_serializing_if = "ProcessorPolicy::is_default")]
+    pub policy: ProcessorPolicy,
 }
 
 /// A persistence key: which record an apply touched. The store writes exactly the

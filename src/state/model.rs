@@ -30,6 +30,9 @@ pub struct App {
     /// until the rotation is retired.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub previous_worker_token_hash: Option<String>,
+    /// The operator's processor policy for this app, narrowing the cluster's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub policy: Option<super::ProcessorPolicy>,
 }
 
 /// When a job fires.

@@ -565,7 +565,7 @@ impl Core {
             },
         };
         self.record(WorkerEventKind::Start, &attempt, None);
-        let outcome = match self.registry.resolve(&d.processor) {
+        let outcome = match self.registry.resolve(&d.processor, &d.policies) {
             Err(e) => {
                 drop(ctx); // closes the log channel, so the shipper ends
                 Err(e)

@@ -105,7 +105,7 @@ pub struct TokenRotated {
     pub worker_token: String,
 }
 
-fn app_name(
+pub(super) fn app_name(
     path: Result<axum::extract::Path<String>, axum::extract::rejection::PathRejection>,
 ) -> Result<String, ApiError> {
     let axum::extract::Path(name) = path.map_err(|e| ApiError::invalid("name", e.body_text()))?;

@@ -26,6 +26,9 @@ pub enum ApiError {
     UnsupportedMediaType,
     #[error("{0}")]
     Forbidden(String),
+    /// The operator's processor policy refuses the job (see `GET /api/v1/policy`).
+    #[error("{message}")]
+    PolicyDenied { field: String, message: String },
     #[error("too many failed token checks from this address; retry after {0} s")]
     TooManyFailures(u64),
     #[error("{0}")]
@@ -81,6 +84,7 @@ impl ApiError {
                 (StatusCode::UNSUPPORTED_MEDIA_TYPE, "unsupported_media_type")
             }
             Self::Forbidden(_) => (StatusCode::FORBIDDEN, "forbidden"),
+            Self::PolicyDenied { .. } => (StatusCode::FORBIDDEN, "policy_denied"),
             Self::TooManyFailures(_) => (StatusCode::TOO_MANY_REQUESTS, "too_many_failures"),
             Self::NotFound(_) => (StatusCode::NOT_FOUND, "not_found"),
             Self::MethodNotAllowed(_) => (StatusCode::METHOD_NOT_ALLOWED, "method_not_allowed"),
@@ -104,6 +108,7 @@ impl IntoResponse for ApiError {
         }
         let field = match &self {
             Self::Invalid { field, .. } => field.clone(),
+            Self::PolicyDenied { field, .. } => Some(field.clone()),
             _ => None,
         };
         let problem = Problem {
@@ -147,6 +152,7 @@ impl From<StateError> for ApiError {
             StateError::IdempotencyConflict => Self::IdempotencyConflict,
             StateError::Conflict { message } => Self::InvalidState(message),
             StateError::Forbidden { message } => Self::Forbidden(message),
+            StateError::PolicyDenied { field, message } => Self::PolicyDenied { field, message },
             StateError::Invalid { field, message } => Self::Invalid {
                 field: Some(field),
                 message,

@@ -10,7 +10,7 @@ use serde::{Deserialize, Serialize};
 use utoipa::ToSchema;
 
 use super::auth::Caller;
-use super::{read_barrier, request_meta, write, ApiError, ApiQuery, IdPath, ReadQuery};
+use super::{read_barrier, request_meta, validate, write, ApiError, ApiQuery, IdPath, ReadQuery};
 use crate::server::Node;
 use crate::state::{Command, Instance, InstanceStatus, LogLine, Outcome};
 
@@ -73,6 +73,7 @@ pub async fn run_job(
             message: format!("run request: {e}"),
         })?
     };
+    validate::params("params", &run.params)?;
     if run.delay_ms > 366 * 24 * 3600 * 1000 {
         return Err(ApiError::invalid("delay_ms", "at most one year"));
     }

@@ -143,6 +143,7 @@ pub async fn create_job(
 ) -> Result<(StatusCode, Json<JobCreated>), ApiError> {
     validate::job_spec(&spec)?;
     caller.check_app_name(&node, &spec.app)?;
+    super::policy::check_job(&node, &spec)?;
     let request = request_meta(&caller, &headers, "POST /api/v1/jobs", &spec)?;
     let (outcome, _) = write(&node, request, Command::CreateJob { spec }).await?;
     let job = job_of(outcome)?;
@@ -282,6 +283,7 @@ pub async fn update_job(
     validate::job_spec(&spec)?;
     caller.check_job(&node, id)?;
     caller.check_app_name(&node, &spec.app)?;
+    super::policy::check_job(&node, &spec)?;
     let request = request_meta(&caller, &headers, &format!("PUT /api/v1/jobs/{id}"), &spec)?;
     let (outcome, _) = write(&node, request, Command::UpdateJob { id, spec }).await?;
     Ok(Json(job_of(outcome)?))

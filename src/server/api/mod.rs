@@ -11,6 +11,7 @@ pub mod error;
 mod health;
 mod instances;
 mod jobs;
+mod policy;
 mod tokens;
 pub mod validate;
 mod workers;
@@ -51,6 +52,7 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
         workers::list_workers,
         tokens::create_token, tokens::list_tokens, tokens::revoke_token,
         audit::list_audit,
+        policy::get_cluster_policy, policy::put_cluster_policy, policy::get_app_policy, policy::put_app_policy,
         debug::set_clock, debug::state_digest,
         health::healthz, health::readyz,
     ),
@@ -81,6 +83,14 @@ pub fn router(node: Arc<Node>) -> Router {
         .route("/api/v1/apps", post(apps::create_app).get(apps::list_apps))
         .route("/api/v1/apps/{name}/rotate-token", post(apps::rotate_token))
         .route("/api/v1/apps/{name}/retire-token", post(apps::retire_token))
+        .route(
+            "/api/v1/apps/{name}/policy",
+            get(policy::get_app_policy).put(policy::put_app_policy),
+        )
+        .route(
+            "/api/v1/policy",
+            get(policy::get_cluster_policy).put(policy::put_cluster_policy),
+        )
         .route("/api/v1/jobs", post(jobs::create_job).get(jobs::list_jobs))
         .route(
             "/api/v1/jobs/{id}",

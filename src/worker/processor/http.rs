@@ -1,7 +1,8 @@
 //! The built-in HTTP processor: one request, judged by its status code.
 
-use std::collections::BTreeMap;
-use std::sync::OnceLock;
+use std::collections::{BTreeMap, HashMap};
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex, OnceLock};
 use std::time::{Duration, Instant};
 
 // reqwest 0.12 with rustls (ring), renamed in Cargo.toml: the crate's own `reqwest`
@@ -12,6 +13,7 @@ use reqwest::header::{HeaderMap, HeaderName, HeaderValue};
 use reqwest::{Method, Url};
 
 use super::{truncate_on_char_boundary, ProcessContext, ProcessError, ProcessOutcome, Processor};
+use crate::state::policy::HttpRules;
 
 /// How much of the response body goes into the result; the rest is not even read.
 const BODY_CAP: usize = 4096;
@@ -25,6 +27,8 @@ pub struct HttpProcessor {
     pub headers: BTreeMap<String, String>,
     pub body: Option<String>,
     pub expect_status: Vec<u16>,
+    /// The operator's destination rules (the cluster's, the app's); all must pass.
+    rules: Vec<HttpRules>,
     client: reqwest::Client,
 }
 
@@ -38,12 +42,40 @@ fn shared_client() -> &'static reqwest::Client {
 /// (webpki-roots), the system's (`/etc/ssl/certs`, or `SSL_CERT_FILE`/`SSL_CERT_DIR`),
 /// and `extra_roots`. TLS is rustls with the `ring` provider.
 fn client_with_roots(extra_roots: &[reqwest::Certificate]) -> reqwest::Client {
+    guarded_client(extra_roots, &[])
+}
+
+/// A client that checks `rules` (when there are any) at every connection: each
+/// address a host name resolves to, and each redirect's destination. It connects
+/// directly (no proxy from the environment), since through a proxy it could check
+/// only the proxy's address.
+fn guarded_client(extra_roots: &[reqwest::Certificate], rules: &[HttpRules]) -> reqwest::Client {
     let builder = || {
         let mut b = reqwest::Client::builder()
             .use_rustls_tls()
             .user_agent(concat!("raftjob/", env!("CARGO_PKG_VERSION")));
         for root in extra_roots {
             b = b.add_root_certificate(root.clone());
+        }
+        if !rules.is_empty() {
+            let rules: Arc<[HttpRules]> = rules.into();
+            let for_redirects = rules.clone();
+            b = b
+                .no_proxy()
+                .dns_resolver(Arc::new(GuardedResolver { rules }))
+                .redirect(reqwest::redirect::Policy::custom(move |attempt| {
+                    if attempt.previous().len() >= 10 {
+                        return attempt.error("too many redirects");
+                    }
+                    let refused = for_redirects
+                        .iter()
+                        .find_map(|r| r.check_url(attempt.url()).err());
+                    match refused {
+                        Some(why) => attempt
+                            .error(format!("redirect refused by the operator's policy: {why}")),
+                        None => attempt.follow(),
+                    }
+                }));
         }
         b
     };
@@ -71,8 +103,18 @@ impl HttpProcessor {
             headers,
             body,
             expect_status,
+            rules: Vec::new(),
             client: shared_client().clone(),
         }
+    }
+
+    /// Limits where the request may go: the operator's rules from the dispatch.
+    pub fn with_rules(mut self, rules: Vec<HttpRules>) -> Self {
+        if !rules.is_empty() {
+            self.client = cached_guarded_client(&rules);
+        }
+        self.rules = rules;
+        self
     }
 
     /// Validates the spec into a request. Every problem here is the job's, so the messages
@@ -90,6 +132,11 @@ impl HttpProcessor {
                     self.url
                 )))
             }
+        }
+        // An address in the URL never reaches the resolver, so it is checked here;
+        // host names are checked by the client's resolver, address by address.
+        if let Some(why) = self.rules.iter().find_map(|r| r.check_url(&url).err()) {
+            return Err(ProcessError::Policy(why));
         }
         let mut headers = HeaderMap::new();
         for (name, value) in &self.headers {
@@ -173,6 +220,63 @@ impl Processor for HttpProcessor {
     }
 }
 
+/// One guarded client per distinct rule set (connections are pooled per client), a
+/// few at most: rules change only when an operator changes a policy.
+fn cached_guarded_client(rules: &[HttpRules]) -> reqwest::Client {
+    static CLIENTS: OnceLock<Mutex<HashMap<Vec<HttpRules>, reqwest::Client>>> = OnceLock::new();
+    let mut clients = CLIENTS
+        .get_or_init(Default::default)
+        .lock()
+        .expect("client cache lock");
+    if let Some(c) = clients.get(rules) {
+        return c.clone();
+    }
+    if clients.len() >= 32 {
+        clients.clear();
+    }
+    let client = guarded_client(&[], rules);
+    clients.insert(rules.to_vec(), client.clone());
+    client
+}
+
+/// Resolves host names as usual, then keeps only the addresses every rule set admits
+/// (a name that resolves only into denied networks fails with the reason).
+struct GuardedResolver {
+    rules: Arc<[HttpRules]>,
+}
+
+impl reqwest::dns::Resolve for GuardedResolver {
+    fn resolve(&self, name: reqwest::dns::Name) -> reqwest::dns::Resolving {
+        let rules = self.rules.clone();
+        Box::pin(async move {
+            let host = name.as_str().to_string();
+            let found: Vec<SocketAddr> =
+                tokio::net::lookup_host((host.as_str(), 0)).await?.collect();
+            let mut refused = None;
+            let admitted: Vec<SocketAddr> = found
+                .into_iter()
+                .filter(|a| {
+                    match rules
+                        .iter()
+                        .find_map(|r| r.check_resolved(&host, a.ip()).err())
+                    {
+                        None => true,
+                        Some(why) => {
+                            refused.get_or_insert(why);
+                            false
+                        }
+                    }
+                })
+                .collect();
+            if admitted.is_empty() {
+                let why = refused.unwrap_or_else(|| "no address".into());
+                return Err(format!("{host}: refused by the operator's policy: {why}").into());
+            }
+            Ok(Box::new(admitted.into_iter()) as reqwest::dns::Addrs)
+        })
+    }
+}
+
 async fn sleep_or_forever(limit: Option<Duration>) {
     match limit {
         Some(d) => tokio::time::sleep(d).await,
@@ -218,6 +322,12 @@ mod tests {
                 get(|| async { (StatusCode::IM_A_TEAPOT, "short and stout") }),
             )
             .route("/empty", get(|| async { StatusCode::NO_CONTENT }))
+            .route(
+                "/to-localhost",
+                get(|axum::extract::Query(q): axum::extract::Query<BTreeMap<String, String>>| async move {
+                    axum::response::Redirect::temporary(&format!("http://localhost:{}/ok", q["port"]))
+                }),
+            )
             // 6001 bytes: one ASCII byte then two-byte characters, so byte 4096 falls inside
             // a character.
             .route("/big", get(|| async { format!("a{}", "é".repeat(3000)) }))
@@ -251,6 +361,63 @@ mod tests {
 
     fn get_(url: String, expect: Vec<u16>) -> HttpProcessor {
         HttpProcessor::new("GET", url, BTreeMap::new(), None, expect)
+    }
+
+    fn rules(allow: &[&str], deny: &[&str]) -> Vec<HttpRules> {
+        vec![crate::state::ProcessorPolicy {
+            shell_enabled: true,
+            http_allow: allow.iter().map(|s| s.to_string()).collect(),
+            http_deny: deny.iter().map(|s| s.to_string()).collect(),
+        }
+        .http_rules()]
+    }
+
+    async fn run(p: HttpProcessor) -> Result<ProcessOutcome, ProcessError> {
+        let (ctx, _rx) = context(Some(Duration::from_secs(10)));
+        p.process(ctx).await
+    }
+
+    /// The operator's rules hold where only the worker can check them: after DNS, and
+    /// on every redirect.
+    #[tokio::test]
+    async fn policy_rules_are_checked_at_every_connection() {
+        let base = server().await;
+        let port = base.rsplit(':').next().unwrap().to_string();
+        // An address in the URL: refused before any connection.
+        let err =
+            run(get_(format!("{base}/ok"), vec![200]).with_rules(rules(&[], &["127.0.0.0/8"])))
+                .await
+                .expect_err("denied address");
+        assert!(matches!(err, ProcessError::Policy(_)), "{err}");
+        // A host name that resolves into a denied network.
+        let by_name = format!("http://localhost:{port}/ok");
+        let err =
+            run(get_(by_name.clone(), vec![200])
+                .with_rules(rules(&[], &["127.0.0.0/8", "::1/128"])))
+            .await
+            .expect_err("denied after DNS");
+        assert!(err.to_string().contains("http_deny"), "{err}");
+        // The name itself allowed, its address not denied: it goes through.
+        let ok = run(get_(by_name.clone(), vec![200]).with_rules(rules(&["localhost"], &[])))
+            .await
+            .expect("allowed by name");
+        assert!(ok.success, "{ok:?}");
+        // Not allowed by name, but resolving into an allowed network: also fine.
+        let ok = run(get_(by_name, vec![200]).with_rules(rules(&["127.0.0.0/8", "::1"], &[])))
+            .await
+            .expect("allowed by network");
+        assert!(ok.success, "{ok:?}");
+        // A redirect to a denied host is not followed.
+        let err = run(get_(format!("{base}/to-localhost?port={port}"), vec![200])
+            .with_rules(rules(&[], &["localhost"])))
+        .await
+        .expect_err("redirect refused");
+        assert!(err.to_string().contains("redirect refused"), "{err}");
+        // Without rules the same redirect is followed.
+        let ok = run(get_(format!("{base}/to-localhost?port={port}"), vec![200]))
+            .await
+            .expect("followed");
+        assert!(ok.success, "{ok:?}");
     }
 
     #[tokio::test]

@@ -109,6 +109,9 @@ pub enum ProcessError {
         name: String,
         registered: Vec<String>,
     },
+    /// The operator's policy, sent with the dispatch, forbids this.
+    #[error("refused by the operator's policy: {0}")]
+    Policy(String),
     /// For custom processors: any other failure, with its message.
     #[error("{0}")]
     Other(String),
@@ -176,12 +179,20 @@ impl Registry {
     ///
     /// A custom spec's `params` are not passed here: the runtime puts what the processor
     /// needs into the [`ProcessContext`].
+    ///
+    /// `policies` are the operator's, from the dispatch: the leader already refused what
+    /// they forbid by name, and the worker checks again, and checks the addresses an
+    /// HTTP job's host resolves to.
     pub fn resolve(
         &self,
         spec: &crate::state::Processor,
+        policies: &[crate::state::ProcessorPolicy],
     ) -> Result<Arc<dyn Processor>, ProcessError> {
         use crate::state::Processor as Spec;
         match spec {
+            Spec::Shell { .. } if policies.iter().any(|p| !p.shell_enabled) => Err(
+                ProcessError::Policy("the shell processor is disabled".into()),
+            ),
             Spec::Shell { command } => Ok(Arc::new(ShellProcessor {
                 command: command.clone(),
             })),
@@ -191,13 +202,22 @@ impl Registry {
                 headers,
                 body,
                 expect_status,
-            } => Ok(Arc::new(HttpProcessor::new(
-                method.clone(),
-                url.clone(),
-                headers.clone(),
-                body.clone(),
-                expect_status.clone(),
-            ))),
+            } => Ok(Arc::new(
+                HttpProcessor::new(
+                    method.clone(),
+                    url.clone(),
+                    headers.clone(),
+                    body.clone(),
+                    expect_status.clone(),
+                )
+                .with_rules(
+                    policies
+                        .iter()
+                        .map(|p| p.http_rules())
+                        .filter(|r| !r.is_empty())
+                        .collect(),
+                ),
+            )),
             Spec::Custom { name, .. } => {
                 self.custom
                     .get(name)
@@ -284,10 +304,13 @@ mod tests {
         assert_eq!(registry.names(), vec!["echo".to_string()]);
 
         let p = registry
-            .resolve(&crate::state::Processor::Custom {
-                name: "echo".into(),
-                params: serde_json::Value::Null,
-            })
+            .resolve(
+                &crate::state::Processor::Custom {
+                    name: "echo".into(),
+                    params: serde_json::Value::Null,
+                },
+                &[],
+            )
             .expect("registered");
         let (ctx, mut rx) = context(None);
         let outcome = p.process(ctx).await.expect("runs");
@@ -303,10 +326,13 @@ mod tests {
         let mut registry = Registry::new();
         registry.register("b", Echo).register("a", Echo);
         let err = registry
-            .resolve(&crate::state::Processor::Custom {
-                name: "nope".into(),
-                params: serde_json::Value::Null,
-            })
+            .resolve(
+                &crate::state::Processor::Custom {
+                    name: "nope".into(),
+                    params: serde_json::Value::Null,
+                },
+                &[],
+            )
             .err()
             .expect("missing");
         assert!(matches!(&err, ProcessError::UnknownCustom { name, .. } if name == "nope"));
@@ -316,10 +342,13 @@ mod tests {
         );
 
         let empty = Registry::new()
-            .resolve(&crate::state::Processor::Custom {
-                name: "x".into(),
-                params: serde_json::Value::Null,
-            })
+            .resolve(
+                &crate::state::Processor::Custom {
+                    name: "x".into(),
+                    params: serde_json::Value::Null,
+                },
+                &[],
+            )
             .err()
             .expect("missing");
         assert!(empty
@@ -330,17 +359,23 @@ mod tests {
     #[tokio::test]
     async fn resolves_built_ins() {
         let registry = Registry::new();
-        let shell = registry.resolve(&crate::state::Processor::Shell {
-            command: "true".into(),
-        });
+        let shell = registry.resolve(
+            &crate::state::Processor::Shell {
+                command: "true".into(),
+            },
+            &[],
+        );
         assert!(shell.is_ok());
-        let http = registry.resolve(&crate::state::Processor::Http {
-            method: "GET".into(),
-            url: "http://127.0.0.1:1/".into(),
-            headers: BTreeMap::new(),
-            body: None,
-            expect_status: vec![200],
-        });
+        let http = registry.resolve(
+            &crate::state::Processor::Http {
+                method: "GET".into(),
+                url: "http://127.0.0.1:1/".into(),
+                headers: BTreeMap::new(),
+                body: None,
+                expect_status: vec![200],
+            },
+            &[],
+        );
         assert!(http.is_ok());
     }
 
