@@ -1,5 +1,5 @@
 //! The `raftjob` command: `raftjob server` runs a server node, `raftjob worker` runs a
-//! worker, and `raftjob cluster|job|instance|app|worker list` are the operator CLI
+//! worker, and `raftjob cluster|job|instance|app|token|audit|policy|worker list` are the operator CLI
 //! (`src/cli/`, docs/cli.md). It lives in the library so the `raftjob` binary and the
 //! test-only `raftjob-planted` binary (with the `planted-bugs` feature) share it.
 
@@ -38,6 +38,12 @@ enum Cmd {
     Instance(cli::instance::InstanceCmd),
     /// Create and list apps.
     App(cli::app::AppCmd),
+    /// Create, list and revoke scoped API tokens (admin only).
+    Token(cli::token::TokenCmd),
+    /// The audit trail: job changes and manual runs, stops, cancels and retries.
+    Audit(cli::audit::AuditCmd),
+    /// Show and change the processor policy of the cluster or of an app (admin only).
+    Policy(cli::policy::PolicyCmd),
     /// Failover drills: disrupt the leader under load and measure the recovery
     /// (docs/drills.md).
     Drill(cli::drill::DrillCmd),
@@ -84,6 +90,9 @@ pub fn main() -> ExitCode {
         Cmd::Job(c) => cli::job::run(c),
         Cmd::Instance(c) => cli::instance::run(c),
         Cmd::App(c) => cli::app::run(c),
+        Cmd::Token(c) => cli::token::run(c),
+        Cmd::Audit(c) => cli::audit::run(c),
+        Cmd::Policy(c) => cli::policy::run(c),
         Cmd::Drill(c) => cli::drill::run(c),
         Cmd::Healthcheck(a) => crate::healthcheck::run(a),
     }

@@ -470,3 +470,276 @@ fn worker_run_flags_and_worker_list_do_not_mix() {
         "{out:?}"
     );
 }
+
+/// The value of a `key  value` line of a readable answer.
+fn kv<'a>(stdout: &'a str, key: &str) -> Option<&'a str> {
+    stdout.lines().find_map(|l| {
+        l.strip_prefix(key)
+            .filter(|rest| rest.starts_with("  "))
+            .map(str::trim)
+    })
+}
+
+#[tokio::test]
+async fn tokens_audit_and_policy_through_the_cli() {
+    let c = TestCluster::start(3);
+    let leader = c.wait_ready(&[1, 2, 3], READY).await;
+    let client = c.client();
+    let all = servers(&c);
+    let app = cli_on(&c, &["app", "create", "shop", "--json"]).ok().json();
+    let app_id = app["id"].as_u64().unwrap().to_string();
+    let job = client
+        .create_job(&api_job(
+            "shop",
+            "greet",
+            json!({"type": "shell", "command": "echo hi"}),
+        ))
+        .await
+        .unwrap();
+    let job_id = job["id"].as_u64().unwrap().to_string();
+
+    // token create: the view, then the secret, shown once.
+    let out = cli_on(
+        &c,
+        &[
+            "token",
+            "create",
+            "--app",
+            "shop",
+            "--role",
+            "operate",
+            "--name",
+            "ci-deploy",
+            "--expires-in",
+            "90d",
+        ],
+    )
+    .ok();
+    let secret = kv(&out.stdout, "secret")
+        .unwrap_or_else(|| panic!("{out:?}"))
+        .to_string();
+    assert!(secret.starts_with("rjt_"), "{out:?}");
+    assert!(out.stdout.contains("shown only once"), "{out:?}");
+    assert_eq!(kv(&out.stdout, "role"), Some("operate"), "{out:?}");
+    assert_eq!(kv(&out.stdout, "status"), Some("active"), "{out:?}");
+    let token_id = kv(&out.stdout, "id")
+        .unwrap_or_else(|| panic!("{out:?}"))
+        .to_string();
+    // Bad input is refused before any request (exit 2), the API's refusal names the
+    // field (exit 1).
+    let out = cli_on(
+        &c,
+        &[
+            "token", "create", "--app", "shop", "--role", "admin", "--name", "x",
+        ],
+    );
+    assert_eq!(out.code, 2, "{out:?}");
+    let out = cli_on(
+        &c,
+        &[
+            "token",
+            "create",
+            "--app",
+            "shop",
+            "--role",
+            "read",
+            "--name",
+            "x",
+            "--expires-in",
+            "90",
+        ],
+    );
+    assert_eq!(out.code, 2, "{out:?}");
+    let out = cli_on(
+        &c,
+        &[
+            "token",
+            "create",
+            "--app",
+            "shop",
+            "--role",
+            "read",
+            "--name",
+            "x",
+            "--expires-at",
+            "2001-01-01T00:00:00Z",
+        ],
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .starts_with("error: validation_failed: expires_at: "),
+        "{out:?}"
+    );
+
+    // The secret works as a bearer token within its app and role (on the leader, which
+    // applied it before the create was answered; eventually, in case it moved).
+    let leader_api = c.nodes[(leader - 1) as usize].api.to_string();
+    let scoped = raftjob::client::Client::new([leader_api], secret.clone());
+    eventually(READY, "the new token to read its app's jobs", || {
+        let scoped = scoped.clone();
+        async move { scoped.get("/api/v1/jobs?app=shop").await.ok() }
+    })
+    .await;
+    let e = scoped.create_app("nope").await.unwrap_err();
+    assert_eq!(e.status(), Some(403), "{e}");
+    let run = scoped
+        .post(&format!("/api/v1/jobs/{job_id}/run"), &json!({}))
+        .await
+        .unwrap();
+    let by_token = run["instance_id"].as_u64().unwrap().to_string();
+    // Admin-only commands refuse it.
+    let out = cli(
+        &["policy", "get", "--server", &all, "--token", &secret],
+        &[],
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.starts_with("error: forbidden: "), "{out:?}");
+
+    // token list: active, expiring in 90 days.
+    let out = cli_on(&c, &["token", "list"]).ok();
+    let rows = table_rows(&out.stdout, "ID ");
+    assert_eq!(rows.len(), 1, "{out:?}");
+    assert_eq!(
+        &rows[0][..5],
+        [token_id.as_str(), "ci-deploy", "shop", "operate", "active"],
+        "{out:?}"
+    );
+    assert_eq!(rows[0][7], "-", "not revoked: {out:?}");
+    let listed = cli_on(&c, &["token", "list", "--json"]).ok().json();
+    let t = &listed["tokens"][0];
+    let lifetime = t["expires_at_ms"].as_i64().unwrap() - t["created_at_ms"].as_i64().unwrap();
+    assert!(
+        (lifetime - 90 * 86_400_000).abs() < 60_000,
+        "expires 90 days after its creation: {listed}"
+    );
+    assert!(!listed.to_string().contains("rjt_"), "{listed}");
+
+    // token revoke: refused from then on, on every node.
+    let out = cli_on(&c, &["token", "revoke", &token_id]).ok();
+    assert!(out.stdout.contains("is now revoked"), "{out:?}");
+    let out = cli_on(&c, &["token", "list"]).ok();
+    let rows = table_rows(&out.stdout, "ID ");
+    assert_eq!(rows[0][4], "revoked", "{out:?}");
+    assert_ne!(rows[0][7], "-", "revoked at: {out:?}");
+    for n in &c.nodes {
+        let revoked = raftjob::client::Client::new([n.api.to_string()], secret.clone());
+        eventually(READY, "the revoked token to get 401", || {
+            let revoked = revoked.clone();
+            async move {
+                let e = revoked.get("/api/v1/jobs?app=shop").await.err()?;
+                (e.status() == Some(401)).then_some(())
+            }
+        })
+        .await;
+    }
+    let out = cli_on(&c, &["token", "revoke", "999999"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.starts_with("error: not_found: "), "{out:?}");
+
+    // audit: the runs (by the token, then by the admin) and the creation, newest first.
+    let out = cli_on(&c, &["job", "run", &job_id, "--json"]).ok().json();
+    let by_admin = out["instance_id"].as_u64().unwrap().to_string();
+    let out = cli_on(&c, &["audit", "--job-id", &job_id]).ok();
+    let rows = table_rows(&out.stdout, "TIME ");
+    let token_actor = format!("token/{token_id}");
+    let want: [[&str; 5]; 3] = [
+        ["admin", "job.run", &app_id, &job_id, &by_admin],
+        [&token_actor, "job.run", &app_id, &job_id, &by_token],
+        ["admin", "job.create", &app_id, &job_id, "-"],
+    ];
+    assert_eq!(rows.len(), 3, "{out:?}");
+    for (row, want) in rows.iter().zip(want) {
+        assert!(
+            chrono::DateTime::parse_from_rfc3339(&row[0]).is_ok(),
+            "{out:?}"
+        );
+        assert_eq!(row[1..], want, "{out:?}");
+    }
+    let out = cli_on(&c, &["audit", "--limit", "1"]).ok();
+    assert_eq!(table_rows(&out.stdout, "TIME ").len(), 1, "{out:?}");
+    let v = cli_on(&c, &["audit", "--job-id", &job_id, "--json"])
+        .ok()
+        .json();
+    assert_eq!(v["records"][0]["action"], "job.run", "{v}");
+    let out = cli_on(&c, &["audit", "--limit", "0"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.contains("limit"), "{out:?}");
+
+    // policy set: changes what its flags name, and keeps the rest.
+    let out = cli_on(
+        &c,
+        &[
+            "policy",
+            "set",
+            "--app",
+            "shop",
+            "--shell",
+            "disabled",
+            "--http-deny",
+            "127.0.0.0/8",
+        ],
+    )
+    .ok();
+    assert_eq!(kv(&out.stdout, "shell"), Some("disabled"), "{out:?}");
+    let out = cli_on(&c, &["policy", "get", "--app", "shop"]).ok();
+    assert_eq!(kv(&out.stdout, "shell"), Some("disabled"), "{out:?}");
+    assert_eq!(kv(&out.stdout, "http deny"), Some("127.0.0.0/8"), "{out:?}");
+    cli_on(
+        &c,
+        &[
+            "policy",
+            "set",
+            "--app",
+            "shop",
+            "--http-allow",
+            "api.example.com",
+        ],
+    )
+    .ok();
+    let v = cli_on(&c, &["policy", "get", "--app", "shop", "--json"])
+        .ok()
+        .json();
+    assert_eq!(v["shell_enabled"], false, "{v}");
+    assert_eq!(v["http_allow"], json!(["api.example.com"]), "{v}");
+    assert_eq!(v["http_deny"], json!(["127.0.0.0/8"]), "{v}");
+    // The cluster's policy is another one.
+    let out = cli_on(&c, &["policy", "get"]).ok();
+    assert_eq!(kv(&out.stdout, "policy of"), Some("the cluster"), "{out:?}");
+    assert_eq!(kv(&out.stdout, "shell"), Some("enabled"), "{out:?}");
+
+    // A bad entry: refused, naming the field; nothing changed.
+    let out = cli_on(
+        &c,
+        &["policy", "set", "--app", "shop", "--http-deny", "http://x"],
+    );
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(
+        out.stderr
+            .starts_with("error: validation_failed: http_deny[0]"),
+        "{out:?}"
+    );
+    let after = cli_on(&c, &["policy", "get", "--app", "shop", "--json"])
+        .ok()
+        .json();
+    assert_eq!(after, v);
+    // --clear-http empties both lists.
+    let v = cli_on(
+        &c,
+        &["policy", "set", "--app", "shop", "--clear-http", "--json"],
+    )
+    .ok()
+    .json();
+    assert_eq!(v["shell_enabled"], false, "{v}");
+    assert!(
+        v["http_allow"].as_array().is_none_or(|a| a.is_empty())
+            && v["http_deny"].as_array().is_none_or(|a| a.is_empty()),
+        "{v}"
+    );
+    // Nothing to change, or no such app.
+    let out = cli_on(&c, &["policy", "set", "--app", "shop"]);
+    assert_eq!(out.code, 2, "{out:?}");
+    let out = cli_on(&c, &["policy", "get", "--app", "nope"]);
+    assert_eq!(out.code, 1, "{out:?}");
+    assert!(out.stderr.starts_with("error: not_found: "), "{out:?}");
+}

@@ -1,16 +1,19 @@
-//! The operator CLI: `raftjob cluster|job|instance|app ...` and `raftjob worker list`,
-//! over the HTTP API of any server (see `docs/cli.md`).
+//! The operator CLI: `raftjob cluster|job|instance|app|token|audit|policy ...` and
+//! `raftjob worker list`, over the HTTP API of any server (see `docs/cli.md`).
 //!
 //! Every command group takes the common flags ([`Common`]), builds a [`Ctx`] and
 //! prints either a readable table or, with `--json`, the API's JSON answer. Errors are
 //! printed as `error: <code>: <detail>`; the exit codes are in [`CliError::exit_code`].
 
 pub mod app;
+pub mod audit;
 pub mod cluster;
 pub mod drill;
 pub mod instance;
 pub mod job;
 pub mod output;
+pub mod policy;
+pub mod token;
 pub mod worker;
 
 use std::future::Future;
