@@ -19,7 +19,7 @@ SCENARIOS  ?= all
 JEPSEN_OUT ?= target/jepsen-lite
 
 .PHONY: help deps dev test lint fmt build clean-dev measure image test-compose jepsen
-.PHONY: bench bench-quick
+.PHONY: bench bench-quick schemathesis
 
 help: ## Show this list of targets
 	@echo "raftjob make targets:"
@@ -71,6 +71,10 @@ jepsen: deps ## Every jepsen-lite scenario (SEEDS=3 TIME=60 SCENARIOS=all), a ta
 	echo "==> Planted bugs: each must be caught (jepsen-lite/tests/planted.rs)"; \
 	$(CARGO) test -p jepsen-lite --test planted -- --ignored --nocapture --test-threads=1 || status=1; \
 	exit $$status
+
+schemathesis: deps ## Fuzz the HTTP API from its OpenAPI with schemathesis, one node (SCHEMATHESIS_MAX_EXAMPLES=50)
+	$(CARGO) build --bins
+	scripts/schemathesis.sh
 
 lint: deps ## Check formatting (rustfmt) and lints (clippy, warnings are errors)
 	@echo "==> cargo fmt --check"
