@@ -535,3 +535,120 @@ fn api_write_routes_never_answer_5xx() {
         eprintln!("{} jobs in app fuzz, all valid", jobs.len());
     });
 }
+
+/// Found by `make schemathesis`: serde reads a struct, or a tagged enum, from an array
+/// by position, so `PUT /api/v1/policy` with `[]` reset the policy and
+/// `"schedule": ["cron", "..."]` made a job. Bodies must name their fields.
+#[test]
+fn array_bodies_are_refused_and_change_nothing() {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let c = TestCluster::start(1);
+    rt.block_on(async {
+        c.wait_ready(&[1], Duration::from_secs(60)).await;
+        let base = format!("http://{}", c.nodes[0].api);
+        let http = reqwest::Client::new();
+        let send = |method: reqwest::Method, path: String, body: Value| {
+            http.request(method, format!("{base}{path}"))
+                .bearer_auth(TOKEN)
+                .json(&body)
+                .send()
+        };
+        let ok = |r: reqwest::Response| async move {
+            let status = r.status();
+            let v: Value = r.json().await.unwrap();
+            assert!(status.is_success(), "{status} {v}");
+            v
+        };
+        use reqwest::Method as M;
+        ok(send(M::POST, "/api/v1/apps".into(), json!({"name": "a"}))
+            .await
+            .unwrap())
+        .await;
+        let policy = json!({"shell_enabled": false, "http_deny": ["169.254.0.0/16"]});
+        ok(send(M::PUT, "/api/v1/policy".into(), policy.clone())
+            .await
+            .unwrap())
+        .await;
+        let job = ok(send(
+            M::POST,
+            "/api/v1/jobs".into(),
+            json!({"app": "a", "name": "j", "schedule": {"type": "api"},
+                   "processor": {"type": "custom", "name": "noop"}}),
+        )
+        .await
+        .unwrap())
+        .await["id"]
+            .as_u64()
+            .unwrap();
+
+        let nested = json!({"app": "a", "name": "k", "schedule": ["cron", "0 0 * * * *"],
+                            "processor": {"type": "custom", "name": "noop"}});
+        let cases = [
+            (M::PUT, "/api/v1/policy".to_string(), json!([]), None),
+            (
+                M::PUT,
+                "/api/v1/policy".to_string(),
+                json!([true, [], []]),
+                None,
+            ),
+            (M::PUT, "/api/v1/apps/a/policy".to_string(), json!([]), None),
+            (M::POST, "/api/v1/apps".to_string(), json!(["b"]), None),
+            (
+                M::POST,
+                "/api/v1/tokens".to_string(),
+                json!(["t", "a", "read"]),
+                None,
+            ),
+            (
+                M::POST,
+                format!("/api/v1/jobs/{job}/run"),
+                json!([{"x": 1}, 5]),
+                None,
+            ),
+            (
+                M::POST,
+                "/api/v1/jobs".to_string(),
+                nested.clone(),
+                Some("schedule"),
+            ),
+            (
+                M::PUT,
+                format!("/api/v1/jobs/{job}"),
+                nested,
+                Some("schedule"),
+            ),
+        ];
+        for (method, path, body, field) in cases {
+            let r = send(method.clone(), path.clone(), body.clone())
+                .await
+                .unwrap();
+            let status = r.status().as_u16();
+            let v: Value = r.json().await.unwrap();
+            assert_eq!(status, 400, "{method} {path} {body}: {v}");
+            assert_eq!(v["code"], "validation_failed", "{v}");
+            if let Some(f) = field {
+                assert_eq!(v["field"], f, "{v}");
+            }
+        }
+
+        // Nothing changed.
+        let get = |path: &str| send(M::GET, path.to_string(), Value::Null);
+        assert_eq!(ok(get("/api/v1/policy").await.unwrap()).await, policy);
+        let apps = ok(get("/api/v1/apps").await.unwrap()).await;
+        assert_eq!(apps["apps"].as_array().unwrap().len(), 1, "{apps}");
+        let tokens = ok(get("/api/v1/tokens").await.unwrap()).await;
+        assert_eq!(tokens["tokens"].as_array().unwrap().len(), 0, "{tokens}");
+        let jobs = ok(get("/api/v1/jobs").await.unwrap()).await;
+        assert_eq!(jobs["jobs"].as_array().unwrap().len(), 1, "{jobs}");
+        assert_eq!(jobs["jobs"][0]["schedule"], json!({"type": "api"}));
+        let instances = ok(get(&format!("/api/v1/instances?job_id={job}"))
+            .await
+            .unwrap())
+        .await;
+        assert_eq!(
+            instances["instances"].as_array().unwrap().len(),
+            0,
+            "{instances}"
+        );
+    });
+}

@@ -92,7 +92,7 @@ pub enum Processor {
     Custom {
         name: String,
         #[serde(default)]
-        #[schema(value_type = Object)]
+        #[schema(value_type = Object, nullable)]
         params: Value,
     },
 }
@@ -180,7 +180,7 @@ pub struct JobSpec {
     pub enabled: bool,
     /// Job parameters handed to every instance.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, nullable)]
     pub params: Value,
     #[serde(default)]
     pub misfire_policy: MisfirePolicy,
@@ -332,7 +332,7 @@ pub struct Instance {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub fire_time_ms: Option<Millis>,
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, nullable)]
     pub params: Value,
     pub status: InstanceStatus,
     #[serde(default)]

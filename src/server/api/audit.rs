@@ -14,6 +14,7 @@ use crate::server::Node;
 use crate::state::AuditRecord;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct AuditQuery {
     /// Only records about this job.

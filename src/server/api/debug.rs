@@ -22,7 +22,7 @@ use crate::server::Node;
 /// far from overflow and from absurd dates.
 const MAX_OFFSET_MS: i64 = 366 * 24 * 3600 * 1000;
 
-#[derive(Debug, Deserialize, ToSchema)]
+#[derive(Debug, Serialize, Deserialize, ToSchema)]
 #[serde(deny_unknown_fields)]
 pub struct ClockRequest {
     /// Milliseconds added to every reading of this node's wall clock (replaces any

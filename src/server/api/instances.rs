@@ -19,7 +19,7 @@ use crate::state::{Command, Instance, InstanceStatus, LogLine, Outcome};
 pub struct RunRequest {
     /// Instance parameters handed to the processor.
     #[serde(default)]
-    #[schema(value_type = Object)]
+    #[schema(value_type = Object, nullable)]
     pub params: serde_json::Value,
     /// Wait this long before dispatching.
     #[serde(default)]
@@ -32,6 +32,7 @@ pub struct InstanceCreated {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListQuery {
     pub job_id: Option<u64>,
@@ -68,10 +69,11 @@ pub async fn run_job(
     let run: RunRequest = if trimmed.is_empty() || trimmed == b"null" {
         RunRequest::default()
     } else {
-        serde_json::from_slice(&body).map_err(|e| ApiError::Invalid {
+        let value = serde_json::from_slice(&body).map_err(|e| ApiError::Invalid {
             field: None,
             message: format!("run request: {e}"),
-        })?
+        })?;
+        super::body_from_value(value)?
     };
     validate::params("params", &run.params)?;
     if run.delay_ms > 366 * 24 * 3600 * 1000 {

@@ -16,6 +16,7 @@ use crate::server::{scheduler, Node};
 use crate::state::{Command, Job, JobSpec, Millis, Outcome, SkipRecord};
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ListJobsQuery {
     /// Only jobs of this app (by name).
@@ -78,6 +79,7 @@ pub struct JobList {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ScheduleQuery {
     /// How many fire times (1 to 1000, default 10).
@@ -103,6 +105,7 @@ pub struct SchedulePreview {
 }
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct SkippedQuery {
     /// Most records to return, newest first (default 100, at most 1000).

@@ -12,6 +12,8 @@ mod health;
 mod instances;
 mod jobs;
 mod policy;
+mod spec;
+use spec::ProblemResponses;
 mod tokens;
 pub mod validate;
 mod workers;
@@ -57,7 +59,7 @@ pub const IDEMPOTENCY_KEY: &str = "idempotency-key";
         health::healthz, health::readyz,
     ),
     components(schemas(Problem)),
-    modifiers(&BearerAuth),
+    modifiers(&BearerAuth, &ProblemResponses),
     security(("bearer" = [])),
 )]
 pub struct ApiDoc;
@@ -203,16 +205,71 @@ pub struct ApiJson<T>(pub T);
 
 impl<S, T> FromRequest<S> for ApiJson<T>
 where
-    axum::Json<T>: FromRequest<S, Rejection = JsonRejection>,
+    T: serde::de::DeserializeOwned + Serialize,
     S: Send + Sync,
 {
     type Rejection = ApiError;
 
     async fn from_request(req: Request, state: &S) -> Result<Self, Self::Rejection> {
-        match axum::Json::<T>::from_request(req, state).await {
-            Ok(axum::Json(v)) => Ok(Self(v)),
-            Err(rejection) => Err(json_rejection(rejection)),
+        let axum::Json(value) = axum::Json::<serde_json::Value>::from_request(req, state)
+            .await
+            .map_err(json_rejection)?;
+        body_from_value(value).map(Self)
+    }
+}
+
+/// Decodes a request body already parsed as JSON. serde also reads a struct (and a
+/// tagged enum) from an array, by position, so `[]` would pass for an object with
+/// every field defaulted; a body must name its fields, so an array where the type has
+/// an object is refused, naming where.
+pub fn body_from_value<T>(value: serde_json::Value) -> Result<T, ApiError>
+where
+    T: serde::de::DeserializeOwned + Serialize,
+{
+    let decoded: T = serde_path_to_error::deserialize(&value).map_err(|e| {
+        let path = e.path().to_string();
+        ApiError::Invalid {
+            field: (path != ".").then_some(path),
+            message: format!("request body does not match the schema: {e}"),
         }
+    })?;
+    let reencoded = serde_json::to_value(&decoded)
+        .map_err(|e| ApiError::Internal(format!("a decoded body does not encode: {e}")))?;
+    if let Some(at) = positional(&value, &reencoded, "") {
+        let (field, place) = if at.is_empty() {
+            (None, "the body".to_string())
+        } else {
+            (Some(at.clone()), at)
+        };
+        return Err(ApiError::Invalid {
+            field,
+            message: format!("{place} must be a JSON object with named fields, not an array"),
+        });
+    }
+    Ok(decoded)
+}
+
+/// The first place where `input` has an array and the decoded value an object.
+fn positional(input: &serde_json::Value, decoded: &serde_json::Value, at: &str) -> Option<String> {
+    use serde_json::Value::{Array, Object};
+    let join = |key: &str| {
+        if at.is_empty() {
+            key.to_string()
+        } else {
+            format!("{at}.{key}")
+        }
+    };
+    match (input, decoded) {
+        (Array(_), Object(_)) => Some(at.to_string()),
+        (Object(a), Object(b)) => a
+            .iter()
+            .find_map(|(k, v)| positional(v, b.get(k)?, &join(k))),
+        (Array(a), Array(b)) => a
+            .iter()
+            .zip(b)
+            .enumerate()
+            .find_map(|(i, (v, w))| positional(v, w, &format!("{at}[{i}]"))),
+        _ => None,
     }
 }
 
@@ -349,6 +406,7 @@ static PLANTED_NODE: std::sync::OnceLock<std::sync::Weak<Node>> = std::sync::Onc
 
 /// `?consistency=stale` asks for a local read without the ReadIndex round.
 #[derive(Debug, Default, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct ReadQuery {
     /// `linearizable` (default) or `stale`.

@@ -17,6 +17,7 @@ use crate::server::Node;
 use crate::state::Job;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub struct WorkersQuery {
     /// Only workers of this app (by name).
