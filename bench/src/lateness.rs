@@ -68,7 +68,20 @@ pub async fn run(ctx: &Ctx) -> Result<LatenessResult> {
             stopped = format!("the time budget ({} s) ran out", s.lateness_budget_secs);
             break;
         }
-        let more = create_jobs(&http, &c.base(leader), job_ids.len(), jobs).await?;
+        // Past the required rungs, a cluster too loaded to take the creations (or the
+        // reads below) is where the ladder ends, not a failed run.
+        let more = match create_jobs(&http, &c.base(leader), job_ids.len(), jobs).await {
+            Ok(more) => more,
+            Err(e) if rung >= 2 => {
+                say(&format!(
+                    "lateness: {jobs:>5} jobs: the cluster did not take the job creations ({e:#}); the ladder stops"
+                ));
+                first_fail.get_or_insert(jobs);
+                stopped = format!("creating the jobs for {jobs} fires/s failed: {e:#}");
+                break;
+            }
+            Err(e) => return Err(e),
+        };
         job_ids.extend(more);
         let window = s.lateness_window_secs;
         let from = now_ms() + 2000;
@@ -81,8 +94,9 @@ pub async fn run(ctx: &Ctx) -> Result<LatenessResult> {
         let mut to_dispatch = Vec::new();
         let mut to_start = Vec::new();
         let mut not_started = 0;
+        let mut unreadable = None;
         for id in &sample {
-            let v = c
+            let read = c
                 .get(
                     follower,
                     &format!(
@@ -90,7 +104,15 @@ pub async fn run(ctx: &Ctx) -> Result<LatenessResult> {
                         window + 10
                     ),
                 )
-                .await?;
+                .await;
+            let v = match read {
+                Ok(v) => v,
+                Err(e) if rung >= 2 => {
+                    unreadable = Some(e);
+                    break;
+                }
+                Err(e) => return Err(e),
+            };
             for i in v["instances"].as_array().context("instances")? {
                 let Some(fire) = i["fire_time_ms"].as_i64() else {
                     continue;
@@ -106,6 +128,14 @@ pub async fn run(ctx: &Ctx) -> Result<LatenessResult> {
                     _ => not_started += 1,
                 }
             }
+        }
+        if let Some(e) = unreadable {
+            say(&format!(
+                "lateness: {jobs:>5} jobs: reading the instances failed ({e:#}); the ladder stops"
+            ));
+            first_fail.get_or_insert(jobs);
+            stopped = format!("reading the instances at {jobs} fires/s failed: {e:#}");
+            break;
         }
         let d = Summary::of_ms(to_dispatch);
         let st = Summary::of_ms(to_start);

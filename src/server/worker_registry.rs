@@ -56,6 +56,12 @@ struct Inner {
     /// Dispatches chosen for a worker since its last heartbeat: counted as load at once,
     /// so one scan spreads a burst instead of handing it all to the least loaded worker.
     reserved: HashMap<String, u32>,
+    /// Attempts of each worker whose end this leader committed since the worker's last
+    /// heartbeat. Each was counted once, in the heartbeat's `running` or in `reserved`,
+    /// so it is taken off the load at once: a worker's freed capacity is used without
+    /// waiting for its next heartbeat (which capped a worker at `max_concurrency`
+    /// dispatches per heartbeat interval).
+    finished: HashMap<String, HashSet<(InstanceId, u32)>>,
     round_robin: u64,
 }
 
@@ -120,7 +126,17 @@ impl WorkerRegistry {
         let mut g = self.lock();
         g.live.insert(worker_id.to_string(), live);
         g.reserved.remove(worker_id);
+        g.finished.remove(worker_id);
         g.refused_by.remove(worker_id);
+    }
+
+    /// The leader committed the end of one of the worker's attempts (see `finished`).
+    pub fn attempt_finished(&self, worker_id: &str, attempt: (InstanceId, u32)) {
+        self.lock()
+            .finished
+            .entry(worker_id.to_string())
+            .or_default()
+            .insert(attempt);
     }
 
     pub fn renew(&self, attempts: &[AttemptRef]) {
@@ -191,8 +207,10 @@ impl WorkerRegistry {
             .filter(|w| Self::state_in(&g, &w.id, timeout) != WorkerState::Lost)
             .filter(|w| !g.refused_by.contains(&w.id))
             .filter_map(|w| {
-                let running = g.live.get(&w.id).map(|l| l.running).unwrap_or(0)
-                    + g.reserved.get(&w.id).copied().unwrap_or(0);
+                let finished = g.finished.get(&w.id).map_or(0, |f| f.len() as u32);
+                let running = (g.live.get(&w.id).map(|l| l.running).unwrap_or(0)
+                    + g.reserved.get(&w.id).copied().unwrap_or(0))
+                .saturating_sub(finished);
                 let max = g
                     .live
                     .get(&w.id)
@@ -245,6 +263,7 @@ impl WorkerRegistry {
         g.refused_since.retain(|i, _| active.contains(i));
         g.live.retain(|w, _| workers.contains_key(w));
         g.reserved.retain(|w, _| workers.contains_key(w));
+        g.finished.retain(|w, _| workers.contains_key(w));
         g.refused_by.retain(|w| workers.contains_key(w));
     }
 
@@ -254,6 +273,7 @@ impl WorkerRegistry {
         let mut g = self.lock();
         g.live.remove(worker_id);
         g.reserved.remove(worker_id);
+        g.finished.remove(worker_id);
         g.refused_by.remove(worker_id);
         g.ws.remove(worker_id);
     }
@@ -348,5 +368,47 @@ impl WorkerRegistry {
                 }
             })
             .collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn worker(max: u32) -> WorkerReg {
+        WorkerReg {
+            id: "app/w1".into(),
+            app_id: 1,
+            name: "w1".into(),
+            protocol: "ws".into(),
+            address: None,
+            tag: None,
+            version: "test".into(),
+            max_concurrency: max,
+            registered_at_ms: 0,
+        }
+    }
+
+    /// A worker's capacity comes back when the leader commits an attempt's end, not
+    /// only at the worker's next heartbeat.
+    #[test]
+    fn finished_attempts_free_capacity_before_the_next_heartbeat() {
+        let r = WorkerRegistry::new(Duration::from_secs(10), Duration::from_secs(5));
+        r.become_leader();
+        let w = worker(2);
+        r.heartbeat(&w.id, 1, 2);
+        r.reserve(&w.id);
+        assert!(
+            r.candidates([&w].into_iter()).is_empty(),
+            "1 running + 1 reserved = full"
+        );
+        r.attempt_finished(&w.id, (7, 1));
+        r.attempt_finished(&w.id, (7, 1)); // a resent report counts once
+        assert_eq!(r.candidates([&w].into_iter())[0].1, 1);
+        r.attempt_finished(&w.id, (8, 1));
+        assert_eq!(r.candidates([&w].into_iter())[0].1, 0);
+        // The next heartbeat tells the load again and starts counting afresh.
+        r.heartbeat(&w.id, 2, 2);
+        assert!(r.candidates([&w].into_iter()).is_empty());
     }
 }

@@ -283,6 +283,7 @@ impl TransportState {
         if let crate::state::AttemptEvent::Running = r.event {
             self.node.workers.dispatch_accepted((instance_id, attempt));
         }
+        let finishes = matches!(r.event, crate::state::AttemptEvent::Finished { .. });
         let cmd = Command::Report {
             instance_id,
             attempt,
@@ -293,6 +294,11 @@ impl TransportState {
         match self.node.propose_until(cmd, None, deadline).await {
             Ok(resp) => {
                 let accepted = matches!(resp.outcome, Outcome::ReportAccepted { accepted: true });
+                if accepted && finishes {
+                    self.node
+                        .workers
+                        .attempt_finished(&r.worker_id, (instance_id, attempt));
+                }
                 ServerMsg::ReportAck(ReportAck {
                     term: self.node.raft.metrics().borrow().current_term,
                     accepted,
