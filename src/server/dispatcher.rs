@@ -340,9 +340,10 @@ pub(crate) fn choose(
     }
     candidates.sort_by(|a, b| a.0.id.cmp(&b.0.id));
     let pick = match job.spec.dispatch_strategy {
+        // Least loaded; on a tie, the one chosen longest ago.
         DispatchStrategy::HealthFirst => candidates
             .iter()
-            .min_by_key(|(_, running)| *running)
+            .min_by_key(|(w, running)| (*running, node.workers.last_chosen(&w.id)))
             .map(|(w, _)| w.clone()),
         DispatchStrategy::Random => candidates
             .choose(&mut rand::thread_rng())

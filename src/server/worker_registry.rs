@@ -62,6 +62,10 @@ struct Inner {
     /// waiting for its next heartbeat (which capped a worker at `max_concurrency`
     /// dispatches per heartbeat interval).
     finished: HashMap<String, HashSet<(InstanceId, u32)>>,
+    /// When each worker was last chosen (a sequence number), so health-first breaks a
+    /// tie in load by the worker chosen longest ago and spreads sequential work.
+    last_chosen: HashMap<String, u64>,
+    chosen_seq: u64,
     round_robin: u64,
 }
 
@@ -229,11 +233,16 @@ impl WorkerRegistry {
 
     /// Counts a chosen dispatch toward the worker's load until its next heartbeat.
     pub fn reserve(&self, worker_id: &str) {
-        *self
-            .lock()
-            .reserved
-            .entry(worker_id.to_string())
-            .or_insert(0) += 1;
+        let mut g = self.lock();
+        *g.reserved.entry(worker_id.to_string()).or_insert(0) += 1;
+        g.chosen_seq += 1;
+        let seq = g.chosen_seq;
+        g.last_chosen.insert(worker_id.to_string(), seq);
+    }
+
+    /// When the worker was last chosen by this leader (0: never).
+    pub fn last_chosen(&self, worker_id: &str) -> u64 {
+        self.lock().last_chosen.get(worker_id).copied().unwrap_or(0)
     }
 
     /// Restarts one attempt's lease clock: when its dispatch is sent, and when the
@@ -264,6 +273,7 @@ impl WorkerRegistry {
         g.live.retain(|w, _| workers.contains_key(w));
         g.reserved.retain(|w, _| workers.contains_key(w));
         g.finished.retain(|w, _| workers.contains_key(w));
+        g.last_chosen.retain(|w, _| workers.contains_key(w));
         g.refused_by.retain(|w| workers.contains_key(w));
     }
 
