@@ -257,18 +257,15 @@ impl HttpRules {
     /// An address a request would connect to: never in a denied network, and, when
     /// the host was not admitted by name, in an allowed network.
     pub fn check_ip(&self, ip: IpAddr) -> Result<(), String> {
-        if self.deny.iter().any(|r| r.contains(ip)) {
-            return Err(format!(
-                "address {ip} is in a network of the http_deny list"
-            ));
-        }
+        self.check_ip_of_allowed_name(ip)?;
         if !self.allow.is_empty() && !self.allow.iter().any(|r| r.contains(ip)) {
             return Err(format!("address {ip} is not in the http_allow list"));
         }
         Ok(())
     }
 
-    /// Like [`check_ip`](Self::check_ip) for an address of a host admitted by name.
+    /// Like [`check_ip`](Self::check_ip) for an address of a host admitted by name:
+    /// only the deny list applies.
     pub fn check_ip_of_allowed_name(&self, ip: IpAddr) -> Result<(), String> {
         if self.deny.iter().any(|r| r.contains(ip)) {
             return Err(format!(
@@ -287,20 +284,22 @@ pub fn check_processor(
     app: Option<&ProcessorPolicy>,
     processor: &Processor,
 ) -> Result<(), PolicyError> {
-    let policies = std::iter::once(("the cluster", cluster)).chain(app.map(|p| ("this app", p)));
+    // Each policy with the words that name it: whose it is, and whose rule refused.
+    let app_words = app.map(|p| (p, format!("app {app_name}"), format!("app {app_name}'s")));
+    let policies = std::iter::once((
+        cluster,
+        "the cluster".to_string(),
+        "the cluster's".to_string(),
+    ))
+    .chain(app_words);
     match processor {
         Processor::Shell { .. } => {
-            for (whose, p) in policies {
+            for (p, whom, _) in policies {
                 if !p.shell_enabled {
                     return Err(PolicyError {
                         field: "processor.type".into(),
                         message: format!(
-                            "the shell processor is disabled for {} by the operator's policy",
-                            if whose == "the cluster" {
-                                "the cluster".to_string()
-                            } else {
-                                format!("app {app_name}")
-                            }
+                            "the shell processor is disabled for {whom} by the operator's policy"
                         ),
                     });
                 }
@@ -310,17 +309,10 @@ pub fn check_processor(
             let Ok(url) = url::Url::parse(url) else {
                 return Ok(()); // input validation reports a bad URL
             };
-            for (whose, p) in policies {
+            for (p, _, whose) in policies {
                 p.http_rules().check_url(&url).map_err(|why| PolicyError {
                     field: "processor.url".into(),
-                    message: format!(
-                        "{why} ({} policy)",
-                        if whose == "the cluster" {
-                            "the cluster's".to_string()
-                        } else {
-                            format!("app {app_name}'s")
-                        }
-                    ),
+                    message: format!("{why} ({whose} policy)"),
                 })?;
             }
         }
